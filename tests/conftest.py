@@ -1,0 +1,47 @@
+# ---------------------------------------------------------------------------------------------
+# Tiny random-weight GGUF models (see tests/tinymodels.py): written once per session, in
+# milliseconds, into a temporary directory. No download, no GPU.
+# ---------------------------------------------------------------------------------------------
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tinymodels` from any test
+from tinymodels import write_tiny_model  # noqa: E402
+
+TINY_TARGET_SEED = 0
+TINY_DRAFT_SEED = 1
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_target(tiny_models_dir) -> Path:
+    """A tiny llama-architecture target model (512-token SPM byte-fallback vocabulary)."""
+    return write_tiny_model(tiny_models_dir / "tiny-target.gguf", seed=TINY_TARGET_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_same(tiny_models_dir, tiny_target) -> Path:
+    """A byte-identical copy of the target under another name: the draft equals the target."""
+    path = tiny_models_dir / "tiny-draft-same.gguf"
+    shutil.copyfile(tiny_target, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_draft_other(tiny_models_dir) -> Path:
+    """Same vocabulary as the target, different random weights: an unrelated draft."""
+    return write_tiny_model(tiny_models_dir / "tiny-draft-other.gguf", seed=TINY_DRAFT_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_other_vocab(tiny_models_dir) -> Path:
+    """A model whose vocabulary is incompatible with the target's (other texts from id 3, 768 tokens)."""
+    return write_tiny_model(tiny_models_dir / "tiny-other-vocab.gguf", seed=TINY_DRAFT_SEED,
+                            vocab="other")
