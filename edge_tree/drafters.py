@@ -1,0 +1,179 @@
+"""Drafters grow a TokenTree for the current context; the draft model is the first of them.
+
+The interface is two methods, as in Hugging Face's CandidateGenerator:
+    propose(tokens, shape, params, rng) -> Proposal   grow a tree rooted at tokens[-1]
+    observe(tree, verdict)                            learn the outcome, trim caches
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from .llama import Batch, Context
+from .sampling import SamplingParams, distribution, sample_without_replacement
+from .tree import TokenTree
+from .verify import Verdict
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How big a tree to grow this round. Budgets are hard caps; the policy chooses within them."""
+
+    max_depth: int = 6
+    max_nodes_per_level: int = 8
+    max_total_nodes: int = 48
+    branch: int = 2  # children proposed per expanded node (the draft's top choices / draws)
+    expand: int = 2  # nodes per level decoded in the draft, to grow the next level
+    min_prob: float = 0.0  # stop growing a branch once its cumulative draft probability is lower
+
+
+@dataclass
+class Proposal:
+    tree: TokenTree
+    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node, for sampled trees
+    draft_s: float  # seconds spent drafting
+    draft_calls: int
+
+
+class Drafter(Protocol):
+    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
+                rng: np.random.Generator) -> Proposal: ...
+
+    def observe(self, tree: TokenTree, verdict: Verdict) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+def _top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k likeliest tokens, best first, with their log-probs (no full log-softmax array)."""
+    top = np.argpartition(logits, -k)[-k:]
+    top = top[np.argsort(-logits[top], kind="stable")]
+    peak = float(logits[top[0]])
+    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    return top, logits[top].astype(np.float64) - log_norm
+
+
+class DraftModelDrafter:
+    """A small model proposes the tree, one batched llama_decode per level.
+
+    KV layout in the draft's unified cache: seq 0 holds committed tokens only; every node the
+    draft decodes gets a seq id of its own that holds the prefix and its path (seq_cp from its
+    parent, metadata only), so siblings never see each other.
+    """
+
+    MAX_EXPANDED = 255  # seq ids 1..255: llama.cpp's LLAMA_MAX_SEQ is 256
+
+    def __init__(self, ctx: Context, children: str = "topk"):
+        self.ctx = ctx
+        self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
+        self.batch = Batch(max(ctx.n_batch, self.MAX_EXPANDED), 1)
+        self.n_cached = 0  # committed tokens present in seq 0
+        self._node_seq: dict[int, int] = {}
+        self._root_pos = 0
+
+    def reset(self) -> None:
+        self.ctx.clear()
+        self.n_cached = 0
+
+    def close(self) -> None:
+        self.batch.close()
+
+    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
+                rng: np.random.Generator) -> Proposal:
+        start = time.perf_counter()
+        sampled = self.children == "sampled" and not params.greedy
+        tree = TokenTree(shape.max_total_nodes, tokens[-1], sampled=sampled)
+        self._root_pos = len(tokens) - 1
+        self._node_seq = {0: 0}
+        frontier = {0: self._sync(tokens)}
+        calls = 1
+        draft_probs: dict[int, np.ndarray] = {}
+        for depth in range(1, shape.max_depth + 1):
+            room = min(shape.max_nodes_per_level, tree.capacity - tree.n_drafted)
+            if room <= 0 or not frontier:
+                break
+            if sampled:
+                level = self._draw_level(tree, frontier, shape, room, params, rng, draft_probs)
+            else:
+                level = self._best_level(tree, frontier, shape, room, params)
+            if depth == shape.max_depth:
+                break
+            grow = self._nodes_to_expand(tree, level, shape)
+            if not grow:
+                break
+            frontier = self._expand(tree, grow)
+            calls += 1
+        return Proposal(tree, draft_probs if sampled else None, time.perf_counter() - start, calls)
+
+    def _sync(self, tokens: list[int]) -> np.ndarray:
+        """Feed the committed tokens the draft has not seen; returns the root's logits."""
+        last = self.ctx.feed(self.batch, tokens[self.n_cached:], self.n_cached)
+        self.n_cached = len(tokens)
+        return self.ctx.logits(last)
+
+    def _best_level(self, tree, frontier, shape, room, params) -> list[int]:
+        """Top-`branch` children of every frontier node, the best `room` of them by cum log-prob."""
+        pool = []
+        for node, logits in frontier.items():
+            if not params.greedy:
+                logits = np.log(np.maximum(distribution(logits, params), 1e-300)).astype(np.float32)
+            tokens, logprobs = _top_candidates(logits, shape.branch)
+            base = tree.cum_logprob[node]
+            pool += [(base + lp, node, int(t), float(lp), r)
+                     for r, (t, lp) in enumerate(zip(tokens, logprobs)) if lp > -1e30]
+        pool.sort(key=lambda c: -c[0])
+        return [tree.add(t, parent, lp, rank) for _, parent, t, lp, rank in pool[:room]]
+
+    def _draw_level(self, tree, frontier, shape, room, params, rng, draft_probs) -> list[int]:
+        """Children drawn from q without replacement. How many each node gets is fixed from the
+        parents' scores before drawing: a count that depended on the draws would bias them."""
+        order = sorted(frontier, key=lambda node: -tree.cum_logprob[node])
+        counts = {node: 0 for node in order}
+        for _ in range(shape.branch):
+            for node in order:
+                if room > 0:
+                    counts[node] += 1
+                    room -= 1
+        level = []
+        for node in order:
+            if counts[node] == 0:
+                continue
+            q = distribution(frontier[node], params)
+            draft_probs[node] = q
+            for rank, token in enumerate(sample_without_replacement(q, counts[node], rng)):
+                level.append(tree.add(int(token), node, float(np.log(q[token])), rank))
+        return level
+
+    def _nodes_to_expand(self, tree, level, shape) -> list[int]:
+        budget = min(shape.expand, self.MAX_EXPANDED - (len(self._node_seq) - 1))
+        best = sorted(level, key=lambda i: -tree.cum_logprob[i])[:max(budget, 0)]
+        floor = np.log(shape.min_prob) if shape.min_prob > 0 else -np.inf
+        return [i for i in best if tree.cum_logprob[i] >= floor]
+
+    def _expand(self, tree, nodes) -> dict[int, np.ndarray]:
+        """Decode one level in one batch; each node gets its own branch seq."""
+        self.batch.clear()
+        for node in nodes:
+            seq = len(self._node_seq)
+            self.ctx.seq_cp(self._node_seq[int(tree.parent[node])], seq)
+            self._node_seq[node] = seq
+            self.batch.add(int(tree.token[node]), self._root_pos + int(tree.depth[node]), (seq,), True)
+        self.ctx.decode(self.batch)
+        return {node: self.ctx.logits(i) for i, node in enumerate(nodes)}
+
+    def observe(self, tree: TokenTree, verdict: Verdict) -> None:
+        """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest."""
+        keep = 0
+        for node in verdict.accepted:
+            if node in self._node_seq:
+                keep = node
+        seq = self._node_seq[keep]
+        if seq != 0:
+            self.ctx.seq_keep(seq)
+            self.ctx.seq_cp(seq, 0)
+        self.ctx.seq_keep(0)
+        self.n_cached = self._root_pos + int(tree.depth[keep]) + 1

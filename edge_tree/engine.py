@@ -1,0 +1,282 @@
+"""The decoding loop: prefill, then rounds of draft -> verify -> commit, until a stop rule fires.
+
+One flow for every mode: `ar` is a round whose tree is the root alone, `chain` a tree of width
+one, `tree` whatever the policy chooses. Step records (plain dicts) come out of every
+speculative round for the trace, the pictures and `result.steps`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import llama
+from .drafters import DraftModelDrafter, Proposal, TreeShape
+from .errors import EdgeTreeError, UsageError
+from .modelfile import check_gguf
+from .policy import FixedPolicy, Policy, validate_caps
+from .sampling import SamplingParams
+from .stats import RunStats
+from .target import TargetRunner
+from .text import TextStream, visible
+from .tree import ACCEPTED, REJECTED, STATUS_NAMES, TokenTree
+from .verify import Verdict, verify
+from .vocab import check_vocab
+
+MODES = ("ar", "chain", "tree")
+CONTEXT_FULL = ("error", "stop")
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]  # generated token ids (the prompt excluded)
+    stats: dict
+    steps: list[dict] = field(default_factory=list)
+    stop_reason: str = ""  # eos | max_tokens | max_time | context | interrupted
+
+
+class Engine:
+    """A target (and optionally a draft) loaded once; generate() as often as you like."""
+
+    def __init__(self, target: str, draft: str | None = None, *, n_gpu_layers: int = 0,
+                 draft_n_gpu_layers: int = 0, threads: int | None = None, ctx_size: int = 4096,
+                 verbose: bool = False, children: str = "sampled"):
+        llama.set_verbose(verbose)
+        if ctx_size < 16:
+            raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
+        if threads is not None and threads < 1:
+            raise UsageError("--threads", f"must be at least 1, got {threads}")
+        self.target_path = str(check_gguf(target, "target"))
+        self.draft_path = str(check_gguf(draft, "draft")) if draft else None
+        self._closers: list[Callable[[], None]] = []
+        try:
+            self.target_model = self._keep(llama.Model(self.target_path, n_gpu_layers))
+            self.draft_model = None
+            if self.draft_path:
+                self.draft_model = self._keep(llama.Model(self.draft_path, draft_n_gpu_layers))
+                check_vocab(self.target_model, self.draft_model)
+            n_seq = llama.max_parallel_sequences()
+            self.target_ctx = self._keep(llama.Context(self.target_model, ctx_size, n_seq, threads=threads))
+            self.target = self._keep(TargetRunner(self.target_ctx))
+            self.drafter = None
+            if self.draft_model:
+                self.draft_ctx = self._keep(llama.Context(self.draft_model, ctx_size, n_seq, threads=threads))
+                self.drafter = self._keep(DraftModelDrafter(self.draft_ctx, children))
+        except BaseException:
+            self.close()
+            raise
+        self.policy: Policy = FixedPolicy()
+
+    def _keep(self, obj):
+        self._closers.append(obj.close)
+        return obj
+
+    def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def offload(self) -> dict:
+        state = {"gpu_offload_supported": llama.supports_gpu_offload(),
+                 "target_gpu_layers": self.target_model.offloaded_layers,
+                 "target_layers": self.target_model.n_layer + 1}
+        if self.draft_model:
+            state.update(draft_gpu_layers=self.draft_model.offloaded_layers,
+                         draft_layers=self.draft_model.n_layer + 1)
+        return state
+
+    # ------------------------------------------------------------------------------------
+    def generate(self, prompt: str, *, max_tokens: int = 128, mode: str | None = None,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                 seed: int | None = None, max_depth: int | None = None,
+                 max_nodes_per_level: int | None = None, max_total_nodes: int | None = None,
+                 max_time: float | None = None, context_full: str = "error",
+                 on_text: Callable[[str], None] | None = None,
+                 on_step: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 record_steps: bool = True) -> GenerationResult:
+        mode = self._check_mode(mode)
+        params = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
+        if max_tokens < 1:
+            raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
+        if max_time is not None and max_time <= 0:
+            raise UsageError("--max-time", f"must be > 0 seconds, got {max_time}")
+        if context_full not in CONTEXT_FULL:
+            raise UsageError("--context-full", f"must be one of {', '.join(CONTEXT_FULL)}")
+        caps = validate_caps(max_depth, max_nodes_per_level, max_total_nodes)
+        prompt_tokens = self.target_model.tokenize(prompt, add_special=True)
+        if not prompt_tokens:
+            raise EdgeTreeError("the prompt is empty and this model adds no BOS token to start from")
+        n_ctx = self.target_ctx.n_ctx
+        if len(prompt_tokens) >= n_ctx:
+            raise EdgeTreeError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {n_ctx} "
+                                f"(raise --ctx-size)")
+        if context_full == "error" and len(prompt_tokens) + max_tokens > n_ctx:
+            raise EdgeTreeError(f"prompt ({len(prompt_tokens)} tokens) + --max-tokens {max_tokens} exceed "
+                                f"the context of {n_ctx} tokens: raise --ctx-size, lower --max-tokens, "
+                                f"or pass --context-full stop")
+        seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+        rng = np.random.default_rng(seed)
+        run = _Run(self, mode, params, caps, rng, max_tokens, max_time, on_text, on_step,
+                   should_stop, record_steps)
+        return run.execute(prompt_tokens, seed)
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or ("tree" if self.drafter else "ar")
+        if mode not in MODES:
+            raise UsageError("--mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode != "ar" and not self.drafter:
+            raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)")
+        return mode
+
+
+class _Run:
+    """One generation: the loop state that lives for a single generate() call."""
+
+    def __init__(self, engine: Engine, mode, params, caps, rng, max_tokens, max_time, on_text,
+                 on_step, should_stop, record_steps):
+        self.e = engine
+        self.mode, self.params, self.caps, self.rng = mode, params, caps, rng
+        self.max_tokens, self.max_time = max_tokens, max_time
+        self.on_text, self.on_step = on_text, on_step
+        self.should_stop = should_stop or (lambda: False)
+        self.record_steps = record_steps
+        self.stream = TextStream()
+        self.generated: list[int] = []
+        self.steps: list[dict] = []
+        self.stats = RunStats(mode=mode, temperature=params.temperature)
+
+    def execute(self, prompt_tokens: list[int], seed: int) -> GenerationResult:
+        e = self.e
+        start = time.perf_counter()
+        e.target.reset()
+        if e.drafter:
+            e.drafter.reset()
+        e.target.prefill(prompt_tokens)
+        self.stats.prompt_s = time.perf_counter() - start
+        tokens = list(prompt_tokens)
+        stop = ""
+        while not stop:
+            stop = self._stop_before_round(start, len(tokens))
+            if stop:
+                break
+            round_start = time.perf_counter()
+            proposal = self._propose(tokens)
+            verdict, verify_s = self._verify(proposal)
+            new_tokens = [int(proposal.tree.token[i]) for i in verdict.accepted] + [verdict.bonus_token]
+            stop = self._emit(new_tokens)
+            tokens += new_tokens
+            self.stats.add_round(proposal, verdict, verify_s)
+            if self.record_steps or self.on_step:
+                self._record(proposal, verdict, verify_s, time.perf_counter() - round_start)
+        tail = self.stream.flush()
+        if tail and self.on_text:
+            self.on_text(tail)
+        self.stats.finish(len(prompt_tokens), len(self.generated), time.perf_counter() - start,
+                          seed, stop, e.offload)
+        return GenerationResult(self.stream.text, self.generated, self.stats.as_dict(), self.steps, stop)
+
+    def _stop_before_round(self, start: float, n_tokens: int) -> str:
+        if self.should_stop():
+            return "interrupted"
+        if self.max_time is not None and time.perf_counter() - start >= self.max_time:
+            return "max_time"
+        if n_tokens + 1 > self.e.target_ctx.n_ctx:  # the root itself needs a cell
+            return "context"
+        return ""
+
+    def _shape(self, n_tokens: int) -> TreeShape:
+        shape = self.e.policy.shape(self.mode, self.caps)
+        room = self.e.target_ctx.n_ctx - n_tokens  # cells left beside the committed tokens
+        room = min(room, self.max_tokens - len(self.generated))  # no point drafting past the end
+        if room <= 1:
+            return TreeShape(max_depth=0, max_nodes_per_level=1, max_total_nodes=0, branch=1, expand=1)
+        return TreeShape(max_depth=min(shape.max_depth, room - 1),
+                         max_nodes_per_level=shape.max_nodes_per_level,
+                         max_total_nodes=min(shape.max_total_nodes, room - 1),
+                         branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob)
+
+    def _propose(self, tokens: list[int]) -> Proposal:
+        shape = self._shape(len(tokens))
+        if self.mode == "ar" or shape.max_depth == 0:
+            return Proposal(TokenTree(0, tokens[-1]), None, 0.0, 0)
+        return self.e.drafter.propose(tokens, shape, self.params, self.rng)
+
+    def _verify(self, proposal: Proposal) -> tuple[Verdict, float]:
+        t0 = time.perf_counter()
+        tree = proposal.tree
+        logits_of = self.e.target.evaluate(tree)
+        verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs)
+        self.e.target.commit(tree, verdict.last_node)
+        if self.e.drafter and tree.n > 1:
+            self.e.drafter.observe(tree, verdict)
+        return verdict, time.perf_counter() - t0
+
+    def _emit(self, new_tokens: list[int]) -> str:
+        """Stream the round's tokens; returns a stop reason if one fires inside them."""
+        model = self.e.target_model
+        for token in new_tokens:
+            if model.is_eog(token):
+                return "eos"
+            self.generated.append(token)
+            text = self.stream.push(model.token_bytes(token))
+            if text and self.on_text:
+                self.on_text(text)
+            if len(self.generated) >= self.max_tokens:
+                return "max_tokens"
+        return ""
+
+    def _record(self, proposal: Proposal, verdict: Verdict, verify_s: float, total_s: float) -> None:
+        record = step_record(self.stats.rounds, self.mode, self.e.target.n_cached,
+                             proposal, verdict, verify_s, total_s, self.e.target_model)
+        if self.record_steps:
+            self.steps.append(record)
+        if self.on_step:
+            self.on_step(record)
+
+
+def step_record(step: int, mode: str, n_cached_after: int, proposal: Proposal, verdict: Verdict,
+                verify_s: float, total_s: float, model: llama.Model) -> dict:
+    """The round as plain data: the one record the trace, the pictures and result.steps share."""
+    tree = proposal.tree
+    n = tree.n
+    status = np.full(n, REJECTED, np.int8)
+    status[0] = tree.status[0]
+    status[verdict.accepted] = ACCEPTED
+    texts = [visible(model.token_bytes(int(t), special=True)) for t in tree.token[:n]]
+    draft_prob = np.exp(tree.logprob[:n])
+    target_prob = [None if np.isnan(p) else float(p) for p in verdict.target_prob]
+    root_position = n_cached_after - 1 - len(verdict.accepted)
+    best = tree.path(tree.best_leaf()) if n > 1 else []
+    accepted_bytes = b"".join(model.token_bytes(int(tree.token[i])) for i in verdict.accepted)
+    bonus_bytes = model.token_bytes(verdict.bonus_token)
+    return {
+        "type": "step", "step": step, "mode": mode, "position": root_position,
+        "nodes": {
+            "token": [int(t) for t in tree.token[:n]] + [verdict.bonus_token],
+            "text": texts + [visible(model.token_bytes(verdict.bonus_token, special=True))],
+            "parent": [int(p) for p in tree.parent[:n]] + [verdict.last_node],
+            "depth": [int(d) for d in tree.depth[:n]] + [int(tree.depth[verdict.last_node]) + 1],
+            "rank": [int(r) for r in tree.rank[:n]] + [0],
+            "draft_prob": [1.0] + [float(p) for p in draft_prob[1:]] + [None],
+            "draft_logprob": [float(x) for x in tree.logprob[:n]] + [None],
+            "cum_logprob": [float(x) for x in tree.cum_logprob[:n]] + [None],
+            "target_prob": target_prob + [None],
+            "status": [STATUS_NAMES[s] for s in status] + ["bonus"],
+        },
+        "accepted": list(verdict.accepted),
+        "bonus": n,
+        "best_path": best,
+        "emitted_text": visible(accepted_bytes + bonus_bytes),
+        "timings": {"draft_s": proposal.draft_s, "verify_s": verify_s, "total_s": total_s},
+    }

@@ -1,0 +1,304 @@
+"""The only module that touches llama.cpp: models, contexts, batches, KV-cache ops, quantize, logs.
+
+Everything above this module sees plain Python and numpy. Pointers are freed deterministically
+(context managers / close()), never left to the garbage collector.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+import llama_cpp as C
+
+from .errors import EdgeTreeError
+
+_backend_ready = False
+# llama.cpp's recent log lines, kept while logging is silenced so that a failure can say why.
+_recent_log: collections.deque[str] = collections.deque(maxlen=20)
+_log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
+
+
+def _ensure_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        C.llama_backend_init()
+        _backend_ready = True
+
+
+def set_verbose(verbose: bool) -> None:
+    """Route llama.cpp's (and ggml's) logs to stderr when verbose, else keep them in a small buffer."""
+    global _log_callback
+
+    @C.llama_log_callback
+    def keep_quiet(level, text, user_data):
+        line = (text or b"").decode("utf-8", "replace").strip()
+        if line:
+            _recent_log.append(line)
+
+    # a null callback sends llama.cpp's logs back to stderr
+    _log_callback = C.llama_log_callback() if verbose else keep_quiet
+    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def last_log_lines(n: int = 3) -> str:
+    return " | ".join(list(_recent_log)[-n:])
+
+
+def supports_gpu_offload() -> bool:
+    return bool(C.llama_supports_gpu_offload())
+
+
+def max_parallel_sequences() -> int:
+    return int(C.llama_max_parallel_sequences())
+
+
+def system_info() -> str:
+    return C.llama_print_system_info().decode("utf-8", "replace")
+
+
+class Model:
+    """A loaded GGUF model and its vocabulary."""
+
+    def __init__(self, path: str | os.PathLike, n_gpu_layers: int = 0):
+        _ensure_backend()
+        self.path = Path(path)
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        _recent_log.clear()
+        self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._ptr:
+            why = last_log_lines()
+            raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {why}" if why else ""))
+        self.requested_gpu_layers = n_gpu_layers
+        self._vocab = C.llama_model_get_vocab(self._ptr)
+        self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
+        self.n_layer = int(C.llama_model_n_layer(self._ptr))
+        self.n_ctx_train = int(C.llama_model_n_ctx_train(self._ptr))
+        self.bos = int(C.llama_vocab_bos(self._vocab))
+        self.eos = int(C.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.vocab_type = int(C.llama_vocab_type(self._vocab))
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def description(self) -> str:
+        buf = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self._ptr, buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    @property
+    def size_bytes(self) -> int:
+        return int(C.llama_model_size(self._ptr))
+
+    @property
+    def offloaded_layers(self) -> int:
+        """Layers llama.cpp puts on the GPU: 0 on a CPU-only build whatever was asked."""
+        if not supports_gpu_offload() or self.requested_gpu_layers == 0:
+            return 0
+        n_total = self.n_layer + 1  # the output layer counts as one more, as llama.cpp reports it
+        if self.requested_gpu_layers < 0:
+            return n_total
+        return min(self.requested_gpu_layers, n_total)
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    # -- vocabulary -----------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        raw = text.encode("utf-8")
+        capacity = len(raw) + 8
+        tokens = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)
+        if n < 0:  # the buffer was too small: -n is the size needed
+            capacity = -n
+            tokens = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)
+        return list(tokens[:n])
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes a token adds to the text; may be part of a UTF-8 character."""
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def token_text(self, token: int) -> str:
+        """The token's entry in the vocabulary, as stored (used to compare vocabularies)."""
+        return (C.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._ptr:
+            C.llama_model_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Batch:
+    """A reusable llama_batch: each token has a position, a list of seq ids and a logits flag."""
+
+    def __init__(self, capacity: int, n_seq_max: int):
+        self.capacity = capacity
+        self.n_seq_max = n_seq_max
+        self._raw = C.llama_batch_init(capacity, 0, n_seq_max)
+        self.n_tokens = 0
+
+    def clear(self) -> None:
+        self.n_tokens = 0
+        self._raw.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_ids: Sequence[int], logits: bool) -> None:
+        i = self.n_tokens
+        if i >= self.capacity:
+            raise EdgeTreeError(f"internal: batch of {self.capacity} tokens is full")
+        if not 0 < len(seq_ids) <= self.n_seq_max:
+            raise EdgeTreeError(f"internal: a token needs 1..{self.n_seq_max} seq ids, got {len(seq_ids)}")
+        raw = self._raw
+        raw.token[i] = token
+        raw.pos[i] = pos
+        raw.n_seq_id[i] = len(seq_ids)
+        seq_row = raw.seq_id[i]
+        for j, s in enumerate(seq_ids):
+            seq_row[j] = s
+        raw.logits[i] = 1 if logits else 0
+        self.n_tokens = i + 1
+        raw.n_tokens = self.n_tokens
+
+    def close(self) -> None:
+        if self._raw is not None:
+            C.llama_batch_free(self._raw)
+            self._raw = None
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Context:
+    """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches)."""
+
+    def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
+                 threads: int | None = None):
+        threads = threads or max(1, os.cpu_count() or 1)
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        # One cell may belong to many branches, and seq_cp is metadata only: needed for trees.
+        params.kv_unified = True
+        # Sliding-window models (Gemma 3) cannot drop a partial sequence from a windowed cache.
+        params.swa_full = True
+        params.no_perf = True
+        _recent_log.clear()
+        self._ptr = C.llama_init_from_model(model._ptr, params)
+        if not self._ptr:
+            raise EdgeTreeError(f"llama.cpp could not create a context of {n_ctx} tokens for "
+                                f"{model.path.name}: {last_log_lines()}")
+        self.model = model
+        self.n_ctx = int(C.llama_n_ctx(self._ptr))
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.threads = threads
+        self._mem = C.llama_get_memory(self._ptr)
+        self._n_vocab = model.n_vocab
+
+    def decode(self, batch: Batch) -> None:
+        if batch.n_tokens == 0:
+            return
+        rc = C.llama_decode(self._ptr, batch._raw)
+        if rc != 0:
+            why = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
+            raise EdgeTreeError(f"llama_decode failed ({rc}: {why.get(rc, 'fatal error')}) "
+                                f"{last_log_lines()}".strip())
+
+    def feed(self, batch: Batch, tokens: Sequence[int], start_pos: int, seq_id: int = 0) -> int:
+        """Decode a run of tokens in one sequence, in chunks that fit the batch, with logits for
+        the last token only. Returns that token's index in the batch (for logits())."""
+        chunk = min(batch.capacity, self.n_batch)
+        for begin in range(0, len(tokens), chunk):
+            part = tokens[begin:begin + chunk]
+            batch.clear()
+            for k, token in enumerate(part):
+                last = begin + k == len(tokens) - 1
+                batch.add(token, start_pos + begin + k, (seq_id,), last)
+            self.decode(batch)
+        return batch.n_tokens - 1
+
+    def logits(self, i: int) -> np.ndarray:
+        """Zero-copy view of the logits of the batch's i-th token; valid until the next decode."""
+        ptr = C.llama_get_logits_ith(self._ptr, i)
+        if not ptr:
+            raise EdgeTreeError(f"internal: no logits for batch index {i}")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    # -- KV cache -------------------------------------------------------------------------
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
+        if not C.llama_memory_seq_rm(self._mem, seq_id, p0, p1):
+            raise EdgeTreeError(f"internal: llama.cpp refused to remove seq {seq_id} [{p0}, {p1})")
+
+    def seq_cp(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
+        C.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+
+    def seq_keep(self, seq_id: int) -> None:
+        C.llama_memory_seq_keep(self._mem, seq_id)
+
+    def seq_pos_max(self, seq_id: int = 0) -> int:
+        return int(C.llama_memory_seq_pos_max(self._mem, seq_id))
+
+    def seq_pos_min(self, seq_id: int = 0) -> int:
+        return int(C.llama_memory_seq_pos_min(self._mem, seq_id))
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._mem, True)
+
+    def close(self) -> None:
+        if self._ptr:
+            C.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# llama_ftype values for the quantization types edge-tree offers (llama.h, enum llama_ftype).
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+          "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+
+def quantize(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads: int = 0) -> None:
+    """Requantize a GGUF file with llama_model_quantize (allowing requantization of quantized input)."""
+    _ensure_backend()
+    params = C.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = threads
+    params.allow_requantize = True
+    _recent_log.clear()
+    rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise EdgeTreeError(f"quantizing {src} to {quant} failed: {last_log_lines()}")

@@ -1,0 +1,89 @@
+"""Logits to probabilities: the one place where temperature, top-k, top-p and min-p are applied.
+
+The target's distribution p and the draft's q both come from here, with the same settings, so
+that verification compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy: argmax, no randomness
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # 0.0: off
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> "SamplingParams":
+        if self.temperature < 0:
+            raise UsageError("--temperature", f"must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError("--top-k", f"must be >= 0 (0 turns it off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError("--top-p", f"must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise UsageError("--min-p", f"must be in [0, 1), got {self.min_p}")
+        return self
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - float(logits.max())
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Dense probabilities over the vocabulary after temperature, top-k, top-p and min-p.
+
+    Filters apply in llama.cpp's default order (top-k, top-p, min-p, then temperature on what
+    is left); min-p and top-p are judged on the untempered distribution as llama.cpp does.
+    """
+    logits = logits.astype(np.float64)
+    keep = np.arange(logits.size)
+    if 0 < params.top_k < logits.size:
+        keep = np.argpartition(-logits, params.top_k - 1)[: params.top_k]
+    kept_logits = logits[keep]
+    order = np.argsort(-kept_logits, kind="stable")
+    keep, kept_logits = keep[order], kept_logits[order]
+    probs = np.exp(kept_logits - kept_logits[0])
+    probs /= probs.sum()
+    n = probs.size
+    if params.top_p < 1.0:
+        # smallest prefix whose mass reaches top_p (always at least one token)
+        n = min(n, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
+    if params.min_p > 0.0:
+        n = min(n, max(1, int(np.count_nonzero(probs[:n] >= params.min_p * probs[0]))))
+    keep, kept_logits = keep[:n], kept_logits[:n]
+    temperature = params.temperature if params.temperature > 0 else 1.0
+    scaled = np.exp((kept_logits - kept_logits[0]) / temperature)
+    dense = np.zeros(logits.size, dtype=np.float64)
+    dense[keep] = scaled / scaled.sum()
+    return dense
+
+
+def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One draw from a dense distribution (inverse CDF: one uniform per draw, reproducible)."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
+
+
+def sample_without_replacement(probs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct tokens drawn one after another from probs, each from what is left renormalised.
+
+    Gumbel-top-k: sorting log p + Gumbel noise gives exactly that sequential draw, in draw order.
+    """
+    support = np.flatnonzero(probs)
+    k = min(k, support.size)
+    keys = np.log(probs[support]) + rng.gumbel(size=support.size)
+    top = np.argpartition(-keys, k - 1)[:k] if k < support.size else np.arange(support.size)
+    return support[top[np.argsort(-keys[top], kind="stable")]]

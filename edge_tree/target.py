@@ -1,0 +1,56 @@
+"""The target's side of a round: the whole tree in one llama_decode, then trim the cache.
+
+Tree branches are parallel sequences in one unified KV cache: each leaf is a seq id, a node
+carries the ids of every branch through it, and the committed prefix belongs to all of them
+(seq_cp from seq 0, metadata only). After verification the accepted path is kept as seq 0 and
+every other cell leaves the cache, the commit of llama.cpp's examples/speculative.
+"""
+
+from __future__ import annotations
+
+from .llama import Batch, Context
+from .tree import TokenTree, branch_seq_ids
+
+
+class TargetRunner:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.batch = Batch(max(ctx.n_batch, 256), ctx.n_seq_max)
+        self.n_cached = 0  # committed tokens in the cache; the round's root is not among them
+        self._seqs: list[list[int]] = []
+
+    def reset(self) -> None:
+        self.ctx.clear()
+        self.n_cached = 0
+
+    def close(self) -> None:
+        self.batch.close()
+
+    def prefill(self, tokens: list[int]) -> None:
+        """Everything but the last token, which becomes the first round's root."""
+        if len(tokens) > 1:
+            self.ctx.feed(self.batch, tokens[:-1], 0)
+        self.n_cached = len(tokens) - 1
+
+    def evaluate(self, tree: TokenTree):
+        """One target pass over root + all nodes; returns node index -> logits (valid until the
+        next decode)."""
+        self._seqs = branch_seq_ids(tree, first_seq=0)
+        for seq in range(1, len(self._seqs[0])):
+            self.ctx.seq_cp(0, seq)
+        self.batch.clear()
+        for i in range(tree.n):
+            self.batch.add(int(tree.token[i]), self.n_cached + int(tree.depth[i]), self._seqs[i], True)
+        self.ctx.decode(self.batch)
+        return self.ctx.logits  # batch index == node index
+
+    def commit(self, tree: TokenTree, last_node: int) -> None:
+        """Keep prefix + root + accepted path (ending at last_node) as seq 0, drop the rest."""
+        seq = self._seqs[last_node][0]
+        end = self.n_cached + int(tree.depth[last_node]) + 1
+        self.ctx.seq_rm(seq, end, -1)
+        if seq != 0:
+            self.ctx.seq_keep(seq)
+            self.ctx.seq_cp(seq, 0)
+        self.ctx.seq_keep(0)
+        self.n_cached = end

@@ -1,0 +1,112 @@
+"""The draft tree as flat arrays, and its layout in a shared KV cache.
+
+Node 0 is the root: the last committed token, which the target has not yet seen. Nodes are
+appended level by level, so a parent's index is always below its children's and a batch in
+index order gives every branch increasing positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROOT, DRAFTED, ACCEPTED, REJECTED, BONUS = range(5)
+STATUS_NAMES = ("root", "drafted", "accepted", "rejected", "bonus")
+
+
+@dataclass
+class TokenTree:
+    capacity: int
+    root_token: int
+    # children were drawn from the draft's distribution (True) or chosen as its top candidates:
+    # the verifier picks the exact acceptance rule from this.
+    sampled: bool = False
+    n: int = 1
+    token: np.ndarray = field(init=False)
+    parent: np.ndarray = field(init=False)
+    depth: np.ndarray = field(init=False)
+    rank: np.ndarray = field(init=False)  # order among siblings: draft rank, or draw order
+    logprob: np.ndarray = field(init=False)  # draft log-prob of the token given its parent path
+    cum_logprob: np.ndarray = field(init=False)
+    status: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        size = self.capacity + 1
+        self.token = np.zeros(size, np.int32)
+        self.parent = np.full(size, -1, np.int32)
+        self.depth = np.zeros(size, np.int32)
+        self.rank = np.zeros(size, np.int32)
+        self.logprob = np.zeros(size, np.float64)
+        self.cum_logprob = np.zeros(size, np.float64)
+        self.status = np.full(size, DRAFTED, np.int8)
+        self.token[0] = self.root_token
+        self.status[0] = ROOT
+
+    def add(self, token: int, parent: int, logprob: float, rank: int) -> int:
+        i = self.n
+        if i > self.capacity:
+            raise ValueError(f"tree is full ({self.capacity} nodes)")
+        self.token[i] = token
+        self.parent[i] = parent
+        self.depth[i] = self.depth[parent] + 1
+        self.rank[i] = rank
+        self.logprob[i] = logprob
+        self.cum_logprob[i] = self.cum_logprob[parent] + logprob
+        self.n = i + 1
+        return i
+
+    @property
+    def n_drafted(self) -> int:
+        return self.n - 1
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth[: self.n].max())
+
+    def children(self) -> list[list[int]]:
+        """Children of every node, in sibling order (the order the verifier tries them)."""
+        kids: list[list[int]] = [[] for _ in range(self.n)]
+        for i in range(1, self.n):
+            kids[self.parent[i]].append(i)
+        for row in kids:
+            row.sort(key=lambda i: self.rank[i])
+        return kids
+
+    def path(self, node: int) -> list[int]:
+        """Node indices from depth 1 down to node (empty for the root)."""
+        out = []
+        while node > 0:
+            out.append(node)
+            node = int(self.parent[node])
+        return out[::-1]
+
+    def leaves(self) -> list[int]:
+        has_child = np.zeros(self.n, bool)
+        has_child[self.parent[1 : self.n]] = True
+        return [i for i in range(self.n) if not has_child[i]]
+
+    def best_leaf(self) -> int:
+        """The leaf the draft likes best: highest cumulative log-prob, deeper on ties."""
+        leaves = self.leaves()
+        return max(leaves, key=lambda i: (self.cum_logprob[i], self.depth[i]))
+
+
+def branch_seq_ids(tree: TokenTree, first_seq: int = 1) -> list[list[int]]:
+    """Seq ids of every node for one-pass verification: each leaf is a branch (its own seq id),
+    and a node carries the ids of all branches through it.
+
+    The first id listed for a node is a branch that passes through it, as llama.cpp expects.
+    """
+    seqs: list[list[int]] = [[] for _ in range(tree.n)]
+    for branch, leaf in enumerate(tree.leaves()):
+        seq = first_seq + branch
+        node = leaf
+        while node >= 0:
+            seqs[node].append(seq)
+            node = int(tree.parent[node])
+    return seqs
+
+
+def n_branches(tree: TokenTree) -> int:
+    return len(tree.leaves())

@@ -1,0 +1,126 @@
+"""Target logits over a draft tree -> the accepted path and one token from the target.
+
+Pure functions (tree + logits in, verdict out): no llama.cpp here. Three exact rules, one per
+way the tree was made (FIELD.md section 2):
+- greedy: descend while a child carries the target's argmax;
+- deterministic tree under sampling: draw x ~ p at each node, descend if a child carries x;
+- sampled tree (children drawn from q without replacement): multi-candidate rejection sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .sampling import SamplingParams, distribution, log_softmax, sample
+from .tree import TokenTree
+
+LogitsOf = Callable[[int], np.ndarray]
+
+
+@dataclass
+class Verdict:
+    accepted: list[int]  # node indices from depth 1 down; empty if the first level was rejected
+    bonus_token: int  # the target's own token after the last accepted node
+    target_prob: np.ndarray  # p(token | parent path) per node; nan where not computed
+
+    @property
+    def last_node(self) -> int:
+        return self.accepted[-1] if self.accepted else 0
+
+
+def verify(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
+           rng: np.random.Generator | None = None,
+           draft_probs: dict[int, np.ndarray] | None = None) -> Verdict:
+    """Pick the exact rule for how the tree was made."""
+    if params.greedy:
+        return verify_greedy(tree, logits_of)
+    if tree.sampled:
+        return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)
+    return verify_deterministic_tree(tree, logits_of, params, rng)
+
+
+def _note_children(target_prob: np.ndarray, kids: list[int], tree: TokenTree, probs: np.ndarray):
+    for c in kids:
+        target_prob[c] = probs[tree.token[c]]
+
+
+def _child_with_token(tree: TokenTree, kids: list[int], token: int) -> int | None:
+    for c in kids:
+        if tree.token[c] == token:
+            return c
+    return None
+
+
+def verify_greedy(tree: TokenTree, logits_of: LogitsOf) -> Verdict:
+    kids = tree.children()
+    target_prob = np.full(tree.n, np.nan)
+    accepted: list[int] = []
+    node = 0
+    while True:
+        logits = logits_of(node)
+        best = int(np.argmax(logits))
+        if kids[node]:
+            _note_children(target_prob, kids[node], tree, np.exp(log_softmax(logits)))
+        child = _child_with_token(tree, kids[node], best)
+        if child is None:
+            return Verdict(accepted, best, target_prob)
+        accepted.append(child)
+        node = child
+
+
+def verify_deterministic_tree(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
+                              rng: np.random.Generator) -> Verdict:
+    """Children chosen without randomness: sampling x ~ p and descending on a match is exact."""
+    kids = tree.children()
+    target_prob = np.full(tree.n, np.nan)
+    accepted: list[int] = []
+    node = 0
+    while True:
+        p = distribution(logits_of(node), params)
+        _note_children(target_prob, kids[node], tree, p)
+        x = sample(p, rng)
+        child = _child_with_token(tree, kids[node], x)
+        if child is None:
+            return Verdict(accepted, x, target_prob)
+        accepted.append(child)
+        node = child
+
+
+def verify_sampled_tree(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
+                        rng: np.random.Generator, draft_probs: dict[int, np.ndarray]) -> Verdict:
+    """Children drawn from q without replacement, tried in draw order: accept child c with
+    probability min(1, p(c)/q(c)); on rejection p <- norm(max(0, p - q)) and q loses c."""
+    kids = tree.children()
+    target_prob = np.full(tree.n, np.nan)
+    accepted: list[int] = []
+    node = 0
+    while True:
+        p = distribution(logits_of(node), params)
+        _note_children(target_prob, kids[node], tree, p)
+        q = draft_probs[node].copy() if kids[node] else None
+        child = None
+        for c in kids[node]:
+            x = int(tree.token[c])
+            if q[x] > 0 and rng.random() * q[x] < p[x]:
+                child = c
+                break
+            p = _residual(p, q)
+            q[x] = 0.0
+            total = q.sum()
+            if total <= 0:
+                break
+            q /= total
+        if child is None:
+            return Verdict(accepted, sample(p, rng), target_prob)
+        accepted.append(child)
+        node = child
+
+
+def _residual(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    r = np.maximum(p - q, 0.0)
+    total = r.sum()
+    # p == q up to rounding leaves nothing: then every candidate would have been accepted
+    return r / total if total > 1e-12 else p
