@@ -15,17 +15,14 @@ interrupted run never leaves a half file under the final name; a file that exist
 ``ensure_demo`` only checks that the three exist (it is called on every ``edge-tree generate``
 without ``--target``).
 
-``describe_gguf`` reads a GGUF header (architecture, file type, parameter count) without loading
-the model or its tensors; ``list_models`` describes every ``*.gguf`` of some folders.
+``list_models`` describes every ``*.gguf`` of some folders (headers only, see modelfile.py).
 
 llama.cpp logs much while quantizing: callers that want quiet call ``llama.set_verbose(False)``.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
-import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import EdgeTreeError
+from .modelfile import describe_gguf
 
 TARGET_NAME = "gemma-3-270m-f32.gguf"
 DRAFT_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -252,158 +250,6 @@ def dequantize_to_f32(src: str | os.PathLike, dst: str | os.PathLike, progress: 
         log.line(f"wrote {name} in {time.perf_counter() - t0:.1f} s")
     finally:
         writer.close()
-
-
-# -- describing GGUF files ------------------------------------------------------------------------
-
-# GGUF metadata value types (gguf.GGUFValueType) -> struct code; 8 = string, 9 = array.
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
-            12: "d"}
-_WANTED_KEYS = ("general.architecture", "general.file_type", "general.name", "general.alignment")
-
-
-class _HeaderReader:
-    """Reads a GGUF header from an mmap, skipping the bulky arrays (262k-token vocabularies)."""
-
-    def __init__(self, buf: mmap.mmap, endian: str):
-        self.buf, self.e, self.pos = buf, endian, 0
-
-    def take(self, code: str):
-        (v,) = struct.unpack_from(self.e + code, self.buf, self.pos)
-        self.pos += struct.calcsize(code)
-        return v
-
-    def string(self, keep: bool = True) -> str | None:
-        n = self.take("Q")
-        start = self.pos
-        self.pos += n
-        if self.pos > len(self.buf):
-            raise ValueError("string runs past the end of the file")
-        return bytes(self.buf[start:self.pos]).decode("utf-8", "replace") if keep else None
-
-    def value(self, vtype: int, keep: bool):
-        if vtype in _SCALARS:
-            return self.take(_SCALARS[vtype])
-        if vtype == 8:
-            return self.string(keep)
-        if vtype == 9:
-            sub, n = self.take("I"), self.take("Q")
-            if sub in _SCALARS:  # fixed-size items: jump over them
-                self.pos += n * struct.calcsize(_SCALARS[sub])
-                return None
-            if sub == 8:  # strings: hop from length prefix to length prefix
-                unpack, buf, fmt, pos = struct.unpack_from, self.buf, self.e + "Q", self.pos
-                for _ in range(n):
-                    pos += 8 + unpack(fmt, buf, pos)[0]
-                self.pos = pos
-                return None
-            for _ in range(n):
-                self.value(sub, keep=False)
-            return None
-        raise ValueError(f"unknown metadata value type {vtype}")
-
-
-def _tensor_nbytes(qtype: int, n_elements: int) -> int | None:
-    import gguf
-
-    try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
-    except (ValueError, KeyError):
-        return None
-    return n_elements // block * type_size
-
-
-def _quant_name(file_type: int | None, tensor_types: dict[int, int]) -> str | None:
-    import gguf
-
-    if file_type is not None:
-        ftype = file_type & ~1024  # LLAMA_FTYPE_GUESSED
-        try:
-            name = gguf.LlamaFileType(ftype).name
-        except ValueError:
-            return f"ftype {ftype}"
-        return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    # No general.file_type (some converters omit it): name the type holding most weights.
-    if not tensor_types:
-        return None
-    qtype = max(tensor_types, key=tensor_types.get)
-    try:
-        return gguf.GGMLQuantizationType(qtype).name
-    except ValueError:
-        return f"type {qtype}"
-
-
-def describe_gguf(path: str | os.PathLike) -> dict:
-    """Path, size_bytes, architecture, name, quantization (file type: Q4_K_M, F32, Q4_0, ...),
-    n_params and data_end (the size a complete file has: larger than size_bytes = cut short).
-
-    Reads the header only: 0.1 s on Gemma 3's 262k-token vocabulary, where gguf.GGUFReader takes
-    about 10 s because it parses every token string.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            if buf[:4] != b"GGUF":
-                raise EdgeTreeError(f"{path} is not a GGUF file")
-            endian = "<"
-            version = struct.unpack_from("<I", buf, 4)[0]
-            if version & 0xFFFF == 0:  # a big-endian file
-                endian = ">"
-                version = struct.unpack_from(">I", buf, 4)[0]
-            if version < 2:
-                raise EdgeTreeError(f"{path} is GGUF version {version}, too old to read")
-            r = _HeaderReader(buf, endian)
-            r.pos = 8
-            n_tensors, n_kv = r.take("Q"), r.take("Q")
-            meta: dict[str, object] = {}
-            for _ in range(n_kv):
-                key = r.string()
-                vtype = r.take("I")
-                val = r.value(vtype, keep=key in _WANTED_KEYS)
-                if key in _WANTED_KEYS:
-                    meta[key] = val
-            n_params = 0
-            elements_by_type: dict[int, int] = {}
-            data_size: int | None = 0  # tensor data bytes: the furthest tensor's offset + size
-            for _ in range(n_tensors):
-                r.string(keep=False)
-                n_dims = r.take("I")
-                n = 1
-                for _ in range(n_dims):
-                    n *= r.take("Q")
-                qtype = r.take("I")
-                offset = r.take("Q")
-                n_params += n
-                if n_dims >= 2:
-                    elements_by_type[qtype] = elements_by_type.get(qtype, 0) + n
-                nbytes = _tensor_nbytes(qtype, n)
-                if nbytes is None or data_size is None:
-                    data_size = None
-                else:
-                    data_size = max(data_size, offset + nbytes)
-            alignment = meta.get("general.alignment")
-            alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
-            data_end = None
-            if data_size is not None:
-                data_end = -(-r.pos // alignment) * alignment + data_size
-    except EdgeTreeError:
-        raise
-    except (OSError, ValueError, struct.error) as e:
-        raise EdgeTreeError(f"cannot read the GGUF header of {path}: {e}") from e
-    file_type = meta.get("general.file_type")
-    return {
-        "path": str(path),
-        "size_bytes": size,
-        "architecture": meta.get("general.architecture"),
-        "name": meta.get("general.name"),
-        "quantization": _quant_name(file_type if isinstance(file_type, int) else None,
-                                    elements_by_type),
-        "n_params": n_params,
-        # bytes a complete file holds (None when a tensor type is unknown): a file shorter than
-        # this was cut short
-        "data_end": data_end,
-    }
 
 
 def list_models(dirs: Iterable[str | os.PathLike] = ()) -> list[dict]:

@@ -1,42 +1,182 @@
-"""Check a model file before llama.cpp sees it: a bad file must end in one clear line, not a crash."""
+"""Read and check a GGUF file before llama.cpp sees it: a bad file must end in one clear line,
+not a crash inside the C library. Reads the header only (0.1 s where gguf.GGUFReader, which
+parses every token string, takes about 10 s on a 262k-token vocabulary)."""
 
 from __future__ import annotations
 
+import mmap
+import os
+import struct
 from pathlib import Path
 
 from .errors import EdgeTreeError
 
-GGUF_MAGIC = b"GGUF"
 
-
-def check_gguf(path: str | Path, role: str = "model") -> Path:
-    """Return the path if it holds a complete GGUF file; else raise EdgeTreeError saying what is wrong."""
+def check_gguf(path: str | os.PathLike, role: str = "model") -> Path:
+    """Return the path if it holds a complete GGUF model file; else raise EdgeTreeError."""
     path = Path(path).expanduser()
     if not path.exists():
         raise EdgeTreeError(f"{role} file not found: {path}")
     if path.is_dir():
         raise EdgeTreeError(f"{role} path is a directory, not a GGUF file: {path}")
-    try:
-        with path.open("rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise EdgeTreeError(f"cannot read {role} file {path}: {e.strerror}") from None
-    if magic != GGUF_MAGIC:
-        raise EdgeTreeError(f"{role} file {path} is not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    _check_complete(path, role)
+    if not os.access(path, os.R_OK):
+        raise EdgeTreeError(f"cannot read {role} file {path}: permission denied")
+    info = describe_gguf(path, role)
+    if info["data_end"] is not None and info["data_end"] > info["size_bytes"]:
+        raise EdgeTreeError(f"{role} file {path} is truncated: its tensors need {info['data_end']} bytes, "
+                            f"the file has {info['size_bytes']}")
+    if not info["architecture"]:
+        raise EdgeTreeError(f"{role} file {path} has no general.architecture: not a model llama.cpp can load")
     return path
 
 
-def _check_complete(path: Path, role: str) -> None:
-    from gguf import GGUFReader  # imported here: parsing is only needed on this path
+# -- describing GGUF files ------------------------------------------------------------------------
+
+# GGUF metadata value types (gguf.GGUFValueType) -> struct code; 8 = string, 9 = array.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+            12: "d"}
+_WANTED_KEYS = ("general.architecture", "general.file_type", "general.name", "general.alignment")
+
+
+class _HeaderReader:
+    """Reads a GGUF header from an mmap, skipping the bulky arrays (262k-token vocabularies)."""
+
+    def __init__(self, buf: mmap.mmap, endian: str):
+        self.buf, self.e, self.pos = buf, endian, 0
+
+    def take(self, code: str):
+        (v,) = struct.unpack_from(self.e + code, self.buf, self.pos)
+        self.pos += struct.calcsize(code)
+        return v
+
+    def string(self, keep: bool = True) -> str | None:
+        n = self.take("Q")
+        start = self.pos
+        self.pos += n
+        if self.pos > len(self.buf):
+            raise ValueError("string runs past the end of the file")
+        return bytes(self.buf[start:self.pos]).decode("utf-8", "replace") if keep else None
+
+    def value(self, vtype: int, keep: bool):
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == 8:
+            return self.string(keep)
+        if vtype == 9:
+            sub, n = self.take("I"), self.take("Q")
+            if sub in _SCALARS:  # fixed-size items: jump over them
+                self.pos += n * struct.calcsize(_SCALARS[sub])
+                return None
+            if sub == 8:  # strings: hop from length prefix to length prefix
+                unpack, buf, fmt, pos = struct.unpack_from, self.buf, self.e + "Q", self.pos
+                for _ in range(n):
+                    pos += 8 + unpack(fmt, buf, pos)[0]
+                self.pos = pos
+                return None
+            for _ in range(n):
+                self.value(sub, keep=False)
+            return None
+        raise ValueError(f"unknown metadata value type {vtype}")
+
+
+def _tensor_nbytes(qtype: int, n_elements: int) -> int | None:
+    import gguf
 
     try:
-        reader = GGUFReader(path)
-    except Exception as e:  # the gguf package raises many kinds on a damaged header
-        raise EdgeTreeError(f"{role} file {path} is truncated or corrupt ({type(e).__name__}: {e})") from None
-    size = path.stat().st_size
-    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
-    if end > size:
-        raise EdgeTreeError(f"{role} file {path} is truncated: tensor data needs {end} bytes, file has {size}")
-    if "general.architecture" not in reader.fields:
-        raise EdgeTreeError(f"{role} file {path} has no general.architecture: not a model llama.cpp can load")
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+    except (ValueError, KeyError):
+        return None
+    return n_elements // block * type_size
+
+
+def _quant_name(file_type: int | None, tensor_types: dict[int, int]) -> str | None:
+    import gguf
+
+    if file_type is not None:
+        ftype = file_type & ~1024  # LLAMA_FTYPE_GUESSED
+        try:
+            name = gguf.LlamaFileType(ftype).name
+        except ValueError:
+            return f"ftype {ftype}"
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    # No general.file_type (some converters omit it): name the type holding most weights.
+    if not tensor_types:
+        return None
+    qtype = max(tensor_types, key=tensor_types.get)
+    try:
+        return gguf.GGMLQuantizationType(qtype).name
+    except ValueError:
+        return f"type {qtype}"
+
+
+def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
+    """Path, size_bytes, architecture, name, quantization (file type: Q4_K_M, F32, Q4_0, ...),
+    n_params and data_end (the size a complete file has: larger than size_bytes = cut short).
+
+    Reads the header only: 0.1 s on Gemma 3's 262k-token vocabulary, where gguf.GGUFReader takes
+    about 10 s because it parses every token string.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != b"GGUF":
+                raise EdgeTreeError(f"{role} file {path} is not a GGUF file (starts with {bytes(buf[:4])!r})")
+            endian = "<"
+            version = struct.unpack_from("<I", buf, 4)[0]
+            if version & 0xFFFF == 0:  # a big-endian file
+                endian = ">"
+                version = struct.unpack_from(">I", buf, 4)[0]
+            if version < 2:
+                raise EdgeTreeError(f"{path} is GGUF version {version}, too old to read")
+            r = _HeaderReader(buf, endian)
+            r.pos = 8
+            n_tensors, n_kv = r.take("Q"), r.take("Q")
+            meta: dict[str, object] = {}
+            for _ in range(n_kv):
+                key = r.string()
+                vtype = r.take("I")
+                val = r.value(vtype, keep=key in _WANTED_KEYS)
+                if key in _WANTED_KEYS:
+                    meta[key] = val
+            n_params = 0
+            elements_by_type: dict[int, int] = {}
+            data_size: int | None = 0  # tensor data bytes: the furthest tensor's offset + size
+            for _ in range(n_tensors):
+                r.string(keep=False)
+                n_dims = r.take("I")
+                n = 1
+                for _ in range(n_dims):
+                    n *= r.take("Q")
+                qtype = r.take("I")
+                offset = r.take("Q")
+                n_params += n
+                if n_dims >= 2:
+                    elements_by_type[qtype] = elements_by_type.get(qtype, 0) + n
+                nbytes = _tensor_nbytes(qtype, n)
+                if nbytes is None or data_size is None:
+                    data_size = None
+                else:
+                    data_size = max(data_size, offset + nbytes)
+            alignment = meta.get("general.alignment")
+            alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+            data_end = None
+            if data_size is not None:
+                data_end = -(-r.pos // alignment) * alignment + data_size
+    except EdgeTreeError:
+        raise
+    except (OSError, ValueError, struct.error) as e:
+        raise EdgeTreeError(f"{role} file {path} is truncated or corrupt: cannot read its GGUF header ({e})") from None
+    file_type = meta.get("general.file_type")
+    return {
+        "path": str(path),
+        "size_bytes": size,
+        "architecture": meta.get("general.architecture"),
+        "name": meta.get("general.name"),
+        "quantization": _quant_name(file_type if isinstance(file_type, int) else None,
+                                    elements_by_type),
+        "n_params": n_params,
+        # bytes a complete file holds (None when a tensor type is unknown): a file shorter than
+        # this was cut short
+        "data_end": data_end,
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tree import demo
+from edge_tree import demo, modelfile
 from edge_tree.errors import EdgeTreeError
 
 gguf = pytest.importorskip("gguf")
@@ -66,7 +66,7 @@ def write_tiny_gguf(path: Path, file_type: int | None = int(gguf.LlamaFileType.M
 def test_describe_gguf_reads_the_header(tmp_path):
     path = tmp_path / "tiny.gguf"
     n_params = write_tiny_gguf(path)
-    info = demo.describe_gguf(path)
+    info = modelfile.describe_gguf(path)
     assert info["path"] == str(path)
     assert info["size_bytes"] == path.stat().st_size
     assert info["architecture"] == "llama"
@@ -80,27 +80,27 @@ def test_describe_gguf_tells_a_cut_file_by_its_data_end(tmp_path):
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     path.write_bytes(path.read_bytes()[:-100])  # the header is intact, the last tensor is not
-    info = demo.describe_gguf(path)
+    info = modelfile.describe_gguf(path)
     assert info["data_end"] > info["size_bytes"]
 
 
 def test_describe_gguf_without_file_type_names_the_main_tensor_type(tmp_path):
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path, file_type=None)
-    assert demo.describe_gguf(path)["quantization"] == "Q8_0"
+    assert modelfile.describe_gguf(path)["quantization"] == "Q8_0"
 
 
 def test_describe_gguf_all_f32_is_named_f32(tmp_path):
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path, file_type=int(gguf.LlamaFileType.ALL_F32))
-    assert demo.describe_gguf(path)["quantization"] == "F32"
+    assert modelfile.describe_gguf(path)["quantization"] == "F32"
 
 
 def test_describe_gguf_is_cheap_with_a_large_vocabulary(tmp_path):
     path = tmp_path / "vocab.gguf"
     write_tiny_gguf(path, n_vocab=262_144)  # Gemma 3's vocabulary size
     t0 = time.perf_counter()
-    info = demo.describe_gguf(path)
+    info = modelfile.describe_gguf(path)
     assert info["quantization"] == "Q8_0"
     assert time.perf_counter() - t0 < 2.0  # gguf.GGUFReader takes ~10 s on the real Gemma file
 
@@ -109,12 +109,12 @@ def test_describe_gguf_rejects_a_non_gguf_file(tmp_path):
     path = tmp_path / "not.gguf"
     path.write_bytes(b"this is not a model")
     with pytest.raises(EdgeTreeError, match="not a GGUF file"):
-        demo.describe_gguf(path)
+        modelfile.describe_gguf(path)
     truncated = tmp_path / "cut.gguf"
     write_tiny_gguf(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(EdgeTreeError, match="cannot read the GGUF header"):
-        demo.describe_gguf(truncated)
+        modelfile.describe_gguf(truncated)
 
 
 def test_list_models_covers_the_demo_dir_and_given_dirs(monkeypatch, tmp_path):
@@ -159,7 +159,7 @@ def test_dequantize_to_f32_keeps_metadata_and_values(tmp_path):
         assert b.tensor_type == gguf.GGMLQuantizationType.F32
         assert list(b.shape) == list(a.shape)
         np.testing.assert_array_equal(b.data, gguf.quants.dequantize(a.data, a.tensor_type))
-    assert demo.describe_gguf(dst)["quantization"] == "F32"
+    assert modelfile.describe_gguf(dst)["quantization"] == "F32"
 
 
 def test_dequantize_progress_goes_to_stderr_only_when_asked(tmp_path, capsys):
@@ -266,11 +266,11 @@ def test_demo_files_exist_with_the_expected_quantizations(demo_pair):
     assert demo_pair == demo.demo_paths()
     expected = {demo_pair.target: "F32", demo_pair.draft: "Q4_K_M", demo_pair.draft_q4_0: "Q4_0"}
     for path, quant in expected.items():
-        info = demo.describe_gguf(path)
+        info = modelfile.describe_gguf(path)
         assert info["architecture"] == "gemma3"
         assert info["quantization"] == quant, path
         assert info["n_params"] == 268_098_176, path
-    assert demo.describe_gguf(demo_pair.target)["size_bytes"] > 1_000_000_000
+    assert modelfile.describe_gguf(demo_pair.target)["size_bytes"] > 1_000_000_000
     assert not list(demo_pair.target.parent.glob(".*.tmp"))
     listed = {Path(m["path"]) for m in demo.list_models()}
     assert set(demo_pair.files()) <= listed
