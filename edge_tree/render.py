@@ -94,8 +94,12 @@ def visible(text: str | None, limit: int | None = None) -> str:
 
 
 def _esc_html(text: str) -> str:
-    """Escape for HTML / Graphviz HTML-like labels (after :func:`visible`, so no control chars)."""
-    return html.escape(text, quote=True)
+    """Escape text for a Graphviz HTML-like label (after :func:`visible`, so no control chars).
+
+    Besides the HTML escapes, backslashes are doubled: Graphviz runs label text, HTML-like too,
+    through its escString substitution (``\\N`` becomes the node name, ``\\\\`` one backslash).
+    """
+    return html.escape(text.replace("\\", "\\\\"), quote=True)
 
 
 def _esc_attr(text: str) -> str:
@@ -198,7 +202,8 @@ class _Step:
             if p >= 0:
                 self.children[p].append(i)
         for kids in self.children:
-            kids.sort(key=lambda i: (self.rank[i] if isinstance(self.rank[i], int) else 1 << 30, i))
+            kids.sort(key=lambda i: (self.status[i] == "bonus",
+                                     self.rank[i] if isinstance(self.rank[i], int) else 1 << 30, i))
         self.accepted = [i for i in (record.get("accepted") or []) if isinstance(i, int) and 0 <= i < n]
         bonus = record.get("bonus")
         self.bonus = bonus if isinstance(bonus, int) and 0 <= bonus < n else None
@@ -240,6 +245,8 @@ def _node_label(s: _Step, i: int) -> str:
     text = _esc_html(visible(s.text[i], MAX_LABEL_CHARS))
     if status == "root":
         stats = f"root \u00b7 pos {s.position}" if s.position is not None else "root"
+    elif status == "bonus":
+        stats = f"target's token \u00b7 p {fmt_prob(s.target_prob[i])}"
     else:
         stats = f"q {fmt_prob(s.draft_prob[i])} lq {fmt_logprob(s.draft_logprob[i])} "
         stats += f"\u03a3 {fmt_logprob(s.cum_logprob[i])} p {fmt_prob(s.target_prob[i])}"
@@ -669,7 +676,7 @@ h1{font-size:20px;margin:4px 0}h2{font-size:16px;margin:0 0 8px}h3{font-size:15p
 .tok{border-radius:3px;cursor:pointer}
 .tok.bonus{background:#66d9e8;box-shadow:inset 0 -2px 0 #0b7285}
 .h0{background:#ffe066}.h1{background:#b2f2bb}.h2{background:#ffc9c9}.h3{background:#d0bfff}.h4{background:#ffd8a8}.h5{background:#eebefa}
-.tok.cur{outline:2px solid #1c1c1c;outline-offset:0}
+.tok.cur{outline:1px solid #495057;outline-offset:-1px}
 .ws{color:#868e96}
 .legend span{display:inline-block;padding:0 6px;border-radius:3px;margin-right:6px;font-size:12px}
 nav.steps{display:flex;gap:8px;align-items:center;flex-wrap:wrap}
@@ -781,11 +788,11 @@ def write_report(header: dict | None, steps: list[dict], summary: dict | None, p
 
     # step viewer
     out.append('<section class="card" id="viewer"><nav class="steps"><h2 style="margin:0">Steps</h2>'
-               '<a class="btn" href="#" data-go="first">\u23ee first</a>'
+               '<a class="btn" href="#" data-go="first">\u00ab first</a>'
                '<a class="btn" href="#" data-go="-1">\u25c0 prev</a>'
                '<span id="steplabel"></span>'
                '<a class="btn" href="#" data-go="1">next \u25b6</a>'
-               '<a class="btn" href="#" data-go="last">last \u23ed</a>'
+               '<a class="btn" href="#" data-go="last">last \u00bb</a>'
                '<span class="hint">\u2190 / \u2192 keys move between steps</span></nav>')
     if not views:
         out.append('<p class="note">This trace has no steps.</p>')
