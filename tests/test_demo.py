@@ -113,7 +113,7 @@ def test_describe_gguf_rejects_a_non_gguf_file(tmp_path):
     truncated = tmp_path / "cut.gguf"
     write_tiny_gguf(truncated)
     truncated.write_bytes(truncated.read_bytes()[:200])
-    with pytest.raises(EdgeTreeError, match="cannot read the GGUF header"):
+    with pytest.raises(EdgeTreeError, match="truncated or corrupt"):
         modelfile.describe_gguf(truncated)
 
 
