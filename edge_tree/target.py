@@ -35,7 +35,7 @@ class TargetRunner:
     def evaluate(self, tree: TokenTree):
         """One target pass over root + all nodes; returns node index -> logits (valid until the
         next decode)."""
-        self._seqs = branch_seq_ids(tree, first_seq=0)
+        self._seqs = branch_seq_ids(tree)
         for seq in range(1, len(self._seqs[0])):
             self.ctx.seq_cp(0, seq)
         self.batch.clear()

@@ -92,21 +92,16 @@ class TokenTree:
         return max(leaves, key=lambda i: (self.cum_logprob[i], self.depth[i]))
 
 
-def branch_seq_ids(tree: TokenTree, first_seq: int = 1) -> list[list[int]]:
+def branch_seq_ids(tree: TokenTree) -> list[list[int]]:
     """Seq ids of every node for one-pass verification: each leaf is a branch (its own seq id),
-    and a node carries the ids of all branches through it.
+    and a node carries the ids of all branches through it. Branch 0 is seq 0, the committed one.
 
     The first id listed for a node is a branch that passes through it, as llama.cpp expects.
     """
     seqs: list[list[int]] = [[] for _ in range(tree.n)]
     for branch, leaf in enumerate(tree.leaves()):
-        seq = first_seq + branch
         node = leaf
         while node >= 0:
-            seqs[node].append(seq)
+            seqs[node].append(branch)
             node = int(tree.parent[node])
     return seqs
-
-
-def n_branches(tree: TokenTree) -> int:
-    return len(tree.leaves())
