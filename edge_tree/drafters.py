@@ -34,7 +34,7 @@ class TreeShape:
 @dataclass
 class Proposal:
     tree: TokenTree
-    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node, for sampled trees
+    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node when sampling
     draft_s: float  # seconds spent drafting
     draft_calls: int
 
@@ -65,12 +65,11 @@ class DraftModelDrafter:
     parent, metadata only), so siblings never see each other.
     """
 
-    MAX_EXPANDED = 255  # seq ids 1..255: llama.cpp's LLAMA_MAX_SEQ is 256
-
     def __init__(self, ctx: Context, children: str = "topk"):
         self.ctx = ctx
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
-        self.batch = Batch(max(ctx.n_batch, self.MAX_EXPANDED), 1)
+        self.max_expanded = ctx.n_seq_max - 1  # seq ids 1.. for expanded nodes, 0 is committed
+        self.batch = Batch(ctx.n_batch, 1)
         self.n_cached = 0  # committed tokens present in seq 0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
@@ -99,7 +98,7 @@ class DraftModelDrafter:
             if sampled:
                 level = self._draw_level(tree, frontier, shape, room, params, rng, draft_probs)
             else:
-                level = self._best_level(tree, frontier, shape, room, params)
+                level = self._best_level(tree, frontier, shape, room, params, draft_probs)
             if depth == shape.max_depth:
                 break
             grow = self._nodes_to_expand(tree, level, shape)
@@ -107,7 +106,7 @@ class DraftModelDrafter:
                 break
             frontier = self._expand(tree, grow)
             calls += 1
-        return Proposal(tree, draft_probs if sampled else None, time.perf_counter() - start, calls)
+        return Proposal(tree, draft_probs, time.perf_counter() - start, calls)
 
     def _sync(self, tokens: list[int]) -> np.ndarray:
         """Feed the committed tokens the draft has not seen; returns the root's logits."""
@@ -115,12 +114,13 @@ class DraftModelDrafter:
         self.n_cached = len(tokens)
         return self.ctx.logits(last)
 
-    def _best_level(self, tree, frontier, shape, room, params) -> list[int]:
+    def _best_level(self, tree, frontier, shape, room, params, draft_probs) -> list[int]:
         """Top-`branch` children of every frontier node, the best `room` of them by cum log-prob."""
         pool = []
         for node, logits in frontier.items():
-            if not params.greedy:
-                logits = np.log(np.maximum(distribution(logits, params), 1e-300)).astype(np.float32)
+            if not params.greedy:  # rank by q, the draft's distribution under the same settings
+                draft_probs[node] = distribution(logits, params)
+                logits = np.log(np.maximum(draft_probs[node], 1e-300)).astype(np.float32)
             tokens, logprobs = _top_candidates(logits, shape.branch)
             base = tree.cum_logprob[node]
             pool += [(base + lp, node, int(t), float(lp), r)
@@ -149,7 +149,7 @@ class DraftModelDrafter:
         return level
 
     def _nodes_to_expand(self, tree, level, shape) -> list[int]:
-        budget = min(shape.expand, self.MAX_EXPANDED - (len(self._node_seq) - 1))
+        budget = min(shape.expand, self.max_expanded - (len(self._node_seq) - 1))
         best = sorted(level, key=lambda i: -tree.cum_logprob[i])[:max(budget, 0)]
         floor = np.log(shape.min_prob) if shape.min_prob > 0 else -np.inf
         return [i for i in best if tree.cum_logprob[i] >= floor]

@@ -197,18 +197,16 @@ class _Run:
 
     def _shape(self, n_tokens: int) -> TreeShape:
         shape = self.e.policy.shape(self.mode, self.caps)
-        room = self.e.target_ctx.n_ctx - n_tokens  # cells left beside the committed tokens
-        room = min(room, self.max_tokens - len(self.generated))  # no point drafting past the end
-        if room <= 1:
-            return TreeShape(max_depth=0, max_nodes_per_level=1, max_total_nodes=0, branch=1, expand=1)
-        return TreeShape(max_depth=min(shape.max_depth, room - 1),
+        cells = self.e.target_ctx.n_ctx - n_tokens  # KV cells left beside the committed tokens
+        remaining = self.max_tokens - len(self.generated)  # no point drafting past the end
+        return TreeShape(max_depth=max(0, min(shape.max_depth, remaining - 1, cells - 1)),
                          max_nodes_per_level=shape.max_nodes_per_level,
-                         max_total_nodes=min(shape.max_total_nodes, room - 1),
+                         max_total_nodes=max(0, min(shape.max_total_nodes, cells - 1)),
                          branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob)
 
     def _propose(self, tokens: list[int]) -> Proposal:
         shape = self._shape(len(tokens))
-        if self.mode == "ar" or shape.max_depth == 0:
+        if self.mode == "ar" or shape.max_depth == 0 or shape.max_total_nodes == 0:
             return Proposal(TokenTree(0, tokens[-1]), None, 0.0, 0)
         return self.e.drafter.propose(tokens, shape, self.params, self.rng)
 

@@ -200,6 +200,10 @@ class Context:
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
                  threads: int | None = None):
         threads = threads or max(1, os.cpu_count() or 1)
+        # llama.cpp caps a batch at the context and asserts (aborts) unless it can hold one output
+        # per sequence: keep n_seq_max <= n_batch <= n_ctx.
+        n_batch = min(n_batch, n_ctx)
+        n_seq_max = min(n_seq_max, n_batch)
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch

@@ -15,7 +15,7 @@ from .tree import TokenTree, branch_seq_ids
 class TargetRunner:
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.batch = Batch(max(ctx.n_batch, 256), ctx.n_seq_max)
+        self.batch = Batch(ctx.n_batch, ctx.n_seq_max)
         self.n_cached = 0  # committed tokens in the cache; the round's root is not among them
         self._seqs: list[list[int]] = []
 

@@ -1,0 +1,70 @@
+"""With temperature > 0, tree speculative decoding must sample exactly the target's distribution.
+
+The joint distribution of the first two generated tokens under `tree` is compared with plain
+sampling (`ar`) by a chi-square test on thousands of samples, with fixed seeds so the outcome is
+deterministic. The same test pointed at a deliberately wrong verifier (the p/q test applied to
+top-k children, which were never drawn from q) must fail: that shows the test can see the bias.
+"""
+
+from collections import Counter
+
+import pytest
+from scipy.stats import chi2_contingency
+
+import edge_tree.engine as engine_module
+from edge_tree.engine import Engine
+from edge_tree.verify import verify_sampled_tree
+
+N_SAMPLES = 3000
+SETTINGS = dict(temperature=1.0, top_k=6)  # a small support keeps the 2-token table well filled
+PROMPT = "The quick brown"
+SIGNIFICANCE = 1e-3
+
+
+def first_two_tokens(engine: Engine, mode: str, seed0: int, **kw) -> Counter:
+    """Generates 3 tokens (so the first round's tree is 2 levels deep) and counts the first 2."""
+    counts = Counter()
+    for i in range(N_SAMPLES):
+        result = engine.generate(PROMPT, max_tokens=3, mode=mode, seed=seed0 + i, record_steps=False,
+                                 **SETTINGS, **kw)
+        counts[tuple(result.tokens[:2])] += 1
+    return counts
+
+
+def p_value(a: Counter, b: Counter) -> float:
+    """Two-sample chi-square over the joint outcomes; rare outcomes pooled so expected counts >= 5."""
+    total = a + b
+    common = [k for k, n in total.items() if n >= 20]
+    rare_a = sum(n for k, n in a.items() if k not in common)
+    rare_b = sum(n for k, n in b.items() if k not in common)
+    table = [[a[k] for k in common] + [rare_a], [b[k] for k in common] + [rare_b]]
+    if rare_a + rare_b == 0:
+        table = [row[:-1] for row in table]
+    return chi2_contingency(table)[1]
+
+
+@pytest.fixture(scope="module")
+def ar_counts(tiny_target):
+    with Engine(str(tiny_target), threads=1, ctx_size=64) as e:
+        return first_two_tokens(e, "ar", seed0=10_000)
+
+
+@pytest.mark.parametrize("draft_fixture", ["tiny_draft_same", "tiny_draft_other"])
+@pytest.mark.parametrize("children", ["sampled", "topk"])
+def test_tree_sampling_matches_the_target_distribution(request, tiny_target, ar_counts,
+                                                       draft_fixture, children):
+    draft = request.getfixturevalue(draft_fixture)
+    with Engine(str(tiny_target), str(draft), threads=1, ctx_size=64, children=children) as e:
+        tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
+    assert len(ar_counts) > 5  # the test has a real distribution to compare
+    assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
+
+
+def test_the_same_test_catches_a_wrong_verifier(monkeypatch, tiny_target, tiny_draft_other, ar_counts):
+    def wrong_verify(tree, logits_of, params, rng, draft_probs):
+        return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)  # p/q on top-k children
+
+    monkeypatch.setattr(engine_module, "verify", wrong_verify)
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, children="topk") as e:
+        tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
+    assert p_value(ar_counts, tree_counts) < SIGNIFICANCE
