@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import operator
 import re
 import shutil
 import subprocess
@@ -156,6 +157,16 @@ def fmt_logprob(lp) -> str:
 # Record access
 
 
+def _int(x) -> int | None:
+    """An int from an int-like (numpy integers included); None for anything else (bool, None, float)."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
 class _Step:
     """Read-only, validated view of a step record's node lists."""
 
@@ -164,7 +175,7 @@ class _Step:
             raise EdgeTreeError(f"a step record must be a JSON object, not {type(record).__name__}")
         self.record = record
         nodes = record.get("nodes") or {}
-        parent = list(nodes.get("parent") or [])
+        parent = [_int(p) for p in (nodes.get("parent") or [])]
         n = len(parent)
         self.n = n
 
@@ -177,25 +188,24 @@ class _Step:
         self.token = col("token")
         self.text = [t if isinstance(t, str) else ("" if t is None else str(t)) for t in col("text", "")]
         self.parent = parent
-        self.depth = col("depth")
-        self.rank = col("rank")
+        self.depth = [_int(d) for d in col("depth")]
+        self.rank = [_int(r) for r in col("rank")]
         self.draft_prob = col("draft_prob")
         self.draft_logprob = col("draft_logprob")
         self.cum_logprob = col("cum_logprob")
         self.target_prob = col("target_prob")
         self.status = [s if isinstance(s, str) else "" for s in col("status", "")]
-        step = record.get("step")
-        self.step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        self.step = _int(record.get("step"))
         for i, p in enumerate(parent):
-            if not isinstance(p, int) or isinstance(p, bool) or p >= i or p < -1:
+            if p is None or p >= i or p < -1:
                 raise EdgeTreeError(
-                    f"step {self.step}: node {i} has parent {p!r}; a parent must be -1 (root) or an "
+                    f"step {self.step}: node {i} has parent {nodes['parent'][i]!r}; a parent must be -1 (root) or an "
                     "earlier node"
                 )
             if p == -1 and i != 0:
                 raise EdgeTreeError(f"step {self.step}: node {i} has parent -1 but only node 0 may be the root")
         for i, d in enumerate(self.depth):
-            if not isinstance(d, int):
+            if d is None:
                 self.depth[i] = 0 if parent[i] == -1 else (self.depth[parent[i]] or 0) + 1
         self.children: list[list[int]] = [[] for _ in range(n)]
         for i, p in enumerate(parent):
@@ -203,17 +213,22 @@ class _Step:
                 self.children[p].append(i)
         for kids in self.children:
             kids.sort(key=lambda i: (self.status[i] == "bonus",
-                                     self.rank[i] if isinstance(self.rank[i], int) else 1 << 30, i))
-        self.accepted = [i for i in (record.get("accepted") or []) if isinstance(i, int) and 0 <= i < n]
-        bonus = record.get("bonus")
-        self.bonus = bonus if isinstance(bonus, int) and 0 <= bonus < n else None
-        self.best = {i for i in (record.get("best_path") or []) if isinstance(i, int) and 0 <= i < n}
+                                     self.rank[i] if self.rank[i] is not None else 1 << 30, i))
+
+        def indices(values) -> list[int]:
+            out = [_int(i) for i in (values if isinstance(values, (list, tuple)) else list(values or []))]
+            return [i for i in out if i is not None and 0 <= i < n]
+
+        self.accepted = indices(record.get("accepted"))
+        bonus = _int(record.get("bonus"))
+        self.bonus = bonus if bonus is not None and 0 <= bonus < n else None
+        self.best = set(indices(record.get("best_path")))
         self.mode = str(record.get("mode", ""))
         self.position = record.get("position")
 
     @property
     def drafted(self) -> int:
-        return sum(1 for s in self.status if s in ("accepted", "rejected"))
+        return sum(1 for s in self.status if s in ("accepted", "rejected", "drafted"))
 
     def emitted_nodes(self) -> list[int]:
         out = list(self.accepted)
@@ -287,16 +302,17 @@ def _legend_label(s: _Step, record: dict) -> str:
         )
 
     return (
-        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="2">'
-        f'<TR><TD COLSPAN="6" ALIGN="LEFT"><FONT POINT-SIZE="10"><B>{head}</B> \u00b7 emitted '
-        f"{emitted_html}</FONT></TD></TR><TR>"
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="1" CELLPADDING="1">'
+        f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="10"><B>{head}</B></FONT></TD></TR>'
+        f'<TR><TD ALIGN="LEFT"><FONT POINT-SIZE="9">emitted {emitted_html}</FONT></TD></TR>'
+        '<TR><TD ALIGN="LEFT"><TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="2"><TR>'
         + swatch("root", "root")
         + swatch("accepted", "accepted")
         + swatch("rejected", "rejected")
         + swatch("bonus", "bonus (target)")
         + f'<TD BORDER="2" COLOR="{BEST_COLOR}" STYLE="rounded"><FONT POINT-SIZE="8">bold: draft\'s best path</FONT></TD>'
-        '<TD ALIGN="LEFT"><FONT POINT-SIZE="8" COLOR="#495057">q draft prob \u00b7 lq draft log prob \u00b7 '
-        "\u03a3 cumulative draft log prob \u00b7 p target prob</FONT></TD>"
+        '</TR></TABLE></TD></TR><TR><TD ALIGN="LEFT"><FONT POINT-SIZE="8" COLOR="#495057">q draft prob \u00b7 '
+        "lq draft log prob \u00b7 \u03a3 cumulative draft log prob \u00b7 p target prob</FONT></TD>"
         "</TR></TABLE>>"
     )
 
@@ -396,8 +412,8 @@ def _pipe(graph: graphviz.Digraph, fmt: str) -> bytes:
 
 def step_filename(record: dict, fmt: str, fallback_number: int | None = None) -> str:
     """``step-0003.png`` from the record's ``step`` number."""
-    n = record.get("step") if isinstance(record, dict) else None
-    if not isinstance(n, int) or isinstance(n, bool):
+    n = _int(record.get("step")) if isinstance(record, dict) else None
+    if n is None or n < 0:
         n = fallback_number if fallback_number is not None else 0
     return f"step-{n:04d}.{fmt}"
 
@@ -613,7 +629,8 @@ def _bar_chart(values: list[float], labels: list[str], tips: list[str], *, title
         y = top + h - frac * h
         parts.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{left - 4}" y="{y + 3:.1f}" class="ax" text-anchor="end">{e(fmt(frac * ymax))}</text>')
-    show_every = max(1, math.ceil(n / 30))
+    label_w = 6 * max((len(x) for x in labels), default=1) + 8  # px a label needs, roughly
+    show_every = max(1, math.ceil(label_w / slot))
     for k, v in enumerate(values):
         x = left + k * slot + (slot - bar) / 2
         vh = max(0.0, min(v, ymax)) / ymax * h
@@ -654,6 +671,8 @@ def _acceptance_from_steps(steps: list[_Step]) -> list[float]:
 
 
 def _fmt_stat(v) -> str:
+    if v is None:
+        return "\u2013"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
@@ -731,7 +750,7 @@ _JS = """
     if(tok&&!tok.matches('section.step')){var i=idx(tok.getAttribute('data-step'));if(i>=0){e.preventDefault();show(i,true);}}
   });
   var h=location.hash.match(/^#step-(\\d+)$/);var start=h?idx(h[1]):-1;
-  show(start>=0?start:0);
+  show(start>=0?start:0,start>=0);
 })();
 """
 

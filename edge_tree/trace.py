@@ -196,15 +196,16 @@ class TraceWriter:
         self._closed = True
         if self._fh is not None:
             self._fh.close()
+            self._fh = None
         if self.report_enabled and self._header_written and not self._report_current:
             self._write_report()
 
     # -- records
 
     def _write_line(self, record: dict) -> None:
+        if self._closed:
+            raise ValueError("TraceWriter is closed")
         if self._fh is None:
-            if self._closed:
-                raise ValueError("TraceWriter is closed")
             self.open()
         line = dumps_record(record)
         self._fh.write(line + "\n")

@@ -1,0 +1,469 @@
+"""Pictures of steps, from synthetic step records alone (no model): DOT validity, counts, escaping, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+from edge_tree.errors import EdgeTreeError
+from edge_tree.render import (
+    StepView,
+    render_trace,
+    step_graph,
+    text_tree,
+    visible,
+    write_report,
+    write_step_files,
+)
+
+HAVE_DOT = shutil.which("dot") is not None
+needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot program is not installed")
+
+NASTY = ['"', "\\", "{}", "\n", "\t", "\x00", "\x1b", "<b>&amp;", "|", "é", "中文", "🙂"]
+
+
+def make_record(step: int = 1, *, branching=(3, 2, 2), accept=(0, 0), n_nodes: int | None = None,
+                texts=None, mode: str = "tree", position: int = 17, with_bonus: bool = True) -> dict:
+    """A synthetic step record in the engine's format.
+
+    The draft tree is built breadth first: every node at depth d gets ``branching[d]`` children
+    (rank 0 first), stopping at ``n_nodes - 1`` nodes when given (the bonus node makes n_nodes).
+    Accepted: from the root, the child of rank ``accept[d]`` at each depth d (``()``: none
+    accepted); ``best_path`` ends at the leaf of highest cumulative log prob; the bonus node is a child of the last
+    accepted node (or of the root).  Token texts cycle through ``texts`` (default " w<i>").
+    """
+    token, text, parent, depth, rank = [5], ["<root>" if texts is None else texts[0]], [-1], [0], [0]
+    q, lq, cum, status = [1.0], [0.0], [0.0], ["root"]
+    limit = (n_nodes - 1) if n_nodes is not None else 10**9
+    frontier = [0]
+    while frontier and len(parent) < limit:
+        nxt = []
+        for p in frontier:
+            d = depth[p]
+            if d >= len(branching):
+                continue
+            k_children = branching[d]
+            weights = [0.6 / (r + 1) for r in range(k_children)]
+            for r in range(k_children):
+                if len(parent) >= limit:
+                    break
+                i = len(parent)
+                prob = weights[r] * (0.9 if d % 2 else 1.0)
+                token.append(100 + i)
+                text.append(f" w{i}" if texts is None else texts[i % len(texts)])
+                parent.append(p)
+                depth.append(d + 1)
+                rank.append(r)
+                q.append(prob)
+                lq.append(math.log(prob))
+                cum.append(cum[p] + math.log(prob))
+                status.append("rejected")
+                nxt.append(i)
+        frontier = nxt
+    n = len(parent)
+    accepted, node = [], 0
+    for want in accept:
+        kids = [i for i in range(n) if parent[i] == node and rank[i] == want]
+        if not kids:
+            break
+        node = kids[0]
+        accepted.append(node)
+        status[node] = "accepted"
+    target = [None] * n
+    for i in range(1, n):
+        if parent[i] == 0 or parent[i] in accepted:
+            target[i] = 0.8 if status[i] == "accepted" else 0.05
+    leaves = [i for i in range(1, n) if i not in parent]
+    best_path = []
+    if leaves:
+        leaf = max(leaves, key=lambda i: (cum[i], -i))
+        while leaf > 0:
+            best_path.append(leaf)
+            leaf = parent[leaf]
+        best_path.reverse()
+    bonus = None
+    if with_bonus:
+        bonus = n
+        token.append(999)
+        text.append(" bonus" if texts is None else texts[n % len(texts)])
+        parent.append(accepted[-1] if accepted else 0)
+        depth.append(depth[parent[-1]] + 1)
+        rank.append(0)
+        q.append(None)
+        lq.append(None)
+        cum.append(None)
+        target.append(0.7)
+        status.append("bonus")
+    emitted = "".join(text[i] for i in accepted) + (text[bonus] if bonus is not None else "")
+    return {
+        "type": "step", "step": step, "mode": mode, "position": position,
+        "nodes": {"token": token, "text": text, "parent": parent, "depth": depth, "rank": rank,
+                  "draft_prob": q, "draft_logprob": lq, "cum_logprob": cum, "target_prob": target,
+                  "status": status},
+        "accepted": accepted, "bonus": bonus, "best_path": best_path, "emitted_text": emitted,
+        "timings": {"draft_s": 0.012, "verify_s": 0.034, "total_s": 0.05},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def nasty_record(step: int = 2) -> dict:
+    """Every nasty token text in the tree, on accepted, rejected, bonus and root nodes."""
+    return make_record(step, texts=NASTY + ["\\N", "\\G", "", "a\u200bb", "\r\x7f\x85"], branching=(4, 3, 2),
+                       accept=(1, 0))
+
+
+def records() -> dict[str, dict]:
+    return {
+        "small": make_record(1),
+        "nasty": nasty_record(2),
+        "ar": make_record(3, branching=(), accept=(), mode="ar"),  # root + bonus only
+        "chain": make_record(4, branching=(1, 1, 1, 1, 1), accept=(0, 0), mode="chain"),
+        "none_accepted": make_record(5, branching=(3,), accept=()),
+        "big": make_record(6, n_nodes=200, branching=(6, 4, 3, 3)),
+    }
+
+
+def png_pixels(data: bytes):
+    """A tiny PNG decoder (8-bit, non-interlaced RGB/RGBA/grey) -> (width, height, channels, rows)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+    assert depth == 8 and interlace == 0, (depth, interlace)
+    bpp = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    rows, prev, i = [], bytearray(stride), 0
+    for _ in range(h):
+        f, line = raw[i], bytearray(raw[i + 1:i + 1 + stride])
+        i += 1 + stride
+        for x in range(stride):
+            a = line[x - bpp] if x >= bpp else 0
+            b = prev[x]
+            c = prev[x - bpp] if x >= bpp else 0
+            if f == 1:
+                line[x] = (line[x] + a) & 255
+            elif f == 2:
+                line[x] = (line[x] + b) & 255
+            elif f == 3:
+                line[x] = (line[x] + ((a + b) >> 1)) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return w, h, bpp, rows
+
+
+def distinct_colours(data: bytes, step: int = 7) -> int:
+    w, h, bpp, rows = png_pixels(data)
+    seen = set()
+    for y in range(0, h, step):
+        row = rows[y]
+        for x in range(0, w, step):
+            seen.add(row[x * bpp:x * bpp + min(bpp, 3)])
+    return len(seen)
+
+
+def dot_json(path: Path) -> dict:
+    """Layout of a DOT file as Graphviz's own JSON (robust node/edge counting)."""
+    res = subprocess.run(["dot", "-Tjson", str(path)], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stderr == b"", res.stderr.decode()  # no warnings either
+    return json.loads(res.stdout)
+
+
+def graph_nodes_edges(layout: dict) -> tuple[list[dict], list[dict]]:
+    """Nodes and edges of the step itself: anything in a legend cluster is excluded (there is none
+    today, the legend is the graph label, but the count must stay right if one is added)."""
+    objects = layout.get("objects", [])
+    legend_ids = set()
+    for obj in objects:
+        if "nodes" in obj and "legend" in obj.get("name", ""):
+            legend_ids.update(obj["nodes"])
+    nodes = [o for o in objects if "nodes" not in o and "subgraphs" not in o and o["_gvid"] not in legend_ids]
+    edges = [e for e in layout.get("edges", []) if e["tail"] not in legend_ids and e["head"] not in legend_ids]
+    return nodes, edges
+
+
+def svg_texts(svg: bytes | str) -> str:
+    root = ET.fromstring(svg)
+    return "\n".join("".join(el.itertext()) for el in root.iter("{http://www.w3.org/2000/svg}text"))
+
+
+# ---------------------------------------------------------------------------------------------
+# visible()
+
+
+def test_visible_makes_whitespace_and_controls_visible():
+    assert visible(" a\tb\nc") == "\u2423a\u21e5b\u21b5c"
+    assert visible("\x00\x07\x1b\x7f") == "\\x00\\x07\\x1b\\x7f"
+    assert visible("\\") == "\\\\"
+    assert visible("") == "\u2205"
+    assert visible("é中文🙂") == "é中文🙂"
+    assert visible("a\u200bb") == "a\\u200bb"
+    assert visible("\u2028") == "\\u2028"
+    assert visible("\ud800") == "\\ud800"  # a lone surrogate never reaches a UTF-8 encoder
+    assert visible("\u2423") == "\\u2423"  # our own glyphs are escaped when literal
+    assert visible("abcdefghij", limit=5) == "abcde\u2026"
+    assert visible("\x00\x00", limit=5) == "\\x00\u2026"  # never cut inside an escape
+    for ch in map(chr, range(0, 0x3000)):
+        out = visible(ch)
+        assert all(c == "\\" or not unicodedata_is_control(c) for c in out), repr(ch)
+
+
+def unicodedata_is_control(c: str) -> bool:
+    import unicodedata
+
+    return unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+# ---------------------------------------------------------------------------------------------
+# DOT / PNG / SVG
+
+
+@pytest.mark.parametrize("name", list(records()))
+def test_dot_parses_and_counts_match(name, tmp_path):
+    record = records()[name]
+    (path,) = write_step_files(record, tmp_path, ["dot"])
+    assert path.name == f"step-{record['step']:04d}.dot"
+    if not HAVE_DOT:
+        pytest.skip("no dot program to parse the DOT")
+    res = subprocess.run(["dot", "-Tcanon", str(path)], capture_output=True, timeout=120)
+    assert res.returncode == 0 and res.stderr == b"", res.stderr.decode()
+    nodes, edges = graph_nodes_edges(dot_json(path))
+    n = len(record["nodes"]["parent"])
+    assert len(nodes) == n
+    assert len(edges) == n - 1
+    assert sorted(o["name"] for o in nodes) == sorted(f"n{i}" for i in range(n))
+    by_id = {o["_gvid"]: o["name"] for o in nodes}
+    got = sorted((by_id[e["tail"]], by_id[e["head"]]) for e in edges)
+    want = sorted((f"n{p}", f"n{i}") for i, p in enumerate(record["nodes"]["parent"]) if p >= 0)
+    assert got == want
+
+
+def test_graph_object_counts_without_dot():
+    """Counting on the graphviz object itself (no program needed): one node and one edge statement each."""
+    for record in records().values():
+        g = step_graph(record)
+        n = len(record["nodes"]["parent"])
+        node_stmts = [line for line in g.body if re.match(r"\s*n\d+ \[", line)]
+        edge_stmts = [line for line in g.body if re.match(r"\s*n\d+ -> n\d+", line)]
+        assert len(node_stmts) == n and len(edge_stmts) == n - 1
+        assert 'rankdir=LR' in g.source
+
+
+@needs_dot
+def test_png_and_svg_files(tmp_path):
+    record = nasty_record()
+    paths = write_step_files(record, tmp_path, ["dot", "png", "svg"])
+    assert [p.name for p in paths] == ["step-0002.dot", "step-0002.png", "step-0002.svg"]
+    png = paths[1].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert distinct_colours(png) > 5
+    svg = paths[2].read_bytes()
+    texts = svg_texts(svg)
+    for raw in record["nodes"]["text"]:
+        assert visible(raw, 24) in texts, raw
+    for expected in ['"', "\\\\", "{}", "\u21b5", "\u21e5", "\\x00", "\\x1b", "<b>&amp;", "|", "é", "中文", "🙂",
+                     "\\N", "\\G", "\u2205", "a\\u200bb", "\\x0d\\x7f\\x85"]:
+        assert expected in texts, expected
+    assert "\x1b" not in svg.decode("utf-8") and "\x00" not in svg.decode("utf-8")
+
+
+@needs_dot
+def test_big_record_png(tmp_path):
+    (png,) = write_step_files(make_record(9, n_nodes=200, branching=(6, 4, 3, 3)), tmp_path, ["png"])
+    data = png.read_bytes()
+    w, h = struct.unpack(">II", data[16:24])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and w > 300 and h > 1000
+
+
+def test_colours_and_best_path_in_dot():
+    record = nasty_record()
+    src = step_graph(record).source
+    best = set(record["best_path"])
+    assert best and best != set(record["accepted"])
+    for i in best:
+        assert re.search(rf"^\s*n{i} \[.*penwidth=2\.5", src, re.M), i
+        p = record["nodes"]["parent"][i]
+        assert re.search(rf"^\s*n{p} -> n{i} \[.*penwidth=3", src, re.M), i
+    assert "#b2f2bb" in src and "#f1f3f5" in src and "#99e9f2" in src and "#dbe4ff" in src
+    assert "style=dashed" in src  # the bonus edge
+
+
+def test_numpy_values_in_record():
+    np = pytest.importorskip("numpy")
+    record = make_record(7)
+    record["accepted"] = [np.int64(i) for i in record["accepted"]]
+    record["best_path"] = [np.int64(i) for i in record["best_path"]]
+    record["bonus"] = np.int64(record["bonus"])
+    record["nodes"]["parent"] = [np.int64(p) for p in record["nodes"]["parent"]]
+    tree = text_tree(record)
+    assert tree.count("\u2713") == 2 and "(bonus)" in tree
+    assert "penwidth=2.5" in step_graph(record).source
+
+
+def test_bad_parent_is_a_user_error():
+    record = make_record(1)
+    record["nodes"]["parent"][2] = 5
+    with pytest.raises(EdgeTreeError, match="parent"):
+        step_graph(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# text tree, notebook
+
+
+def test_text_tree_plain_and_colour():
+    record = nasty_record()
+    plain = text_tree(record, color=False)
+    lines = plain.rstrip("\n").split("\n")
+    assert len(lines) == 1 + len(record["nodes"]["parent"])
+    assert "\x1b" not in plain and "\x00" not in plain
+    assert lines[1].startswith("\u25cf ")
+    assert any(line.startswith("\u251c\u2500 ") for line in lines) and any("\u2514\u2500 " in line for line in lines)
+    assert plain.count("\u2713 ") == 2 and plain.count("(bonus)") == 1
+    assert "q=0.30 p=0.80" in plain  # the first accepted node: rank 1 under the root
+    coloured = text_tree(record, color=True)
+    assert "\x1b[32m" in coloured and "\x1b[36m" in coloured and "\x1b[2;31m" in coloured
+    # the only escape sequences are ours: every ESC starts a known SGR code
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
+    # the bonus line comes after its draft siblings
+    bonus_line = next(i for i, line in enumerate(lines) if "(bonus)" in line)
+    assert "\u2514\u2500 + " in lines[bonus_line]
+
+
+def test_text_tree_deep_chain_no_recursion_limit():
+    record = make_record(1, branching=(1,) * 1500, accept=(0,) * 10, n_nodes=1501)
+    out = text_tree(record)
+    assert out.count("\n") == 1 + 1501
+
+
+@needs_dot
+def test_step_view_repr_svg():
+    view = StepView(nasty_record())
+    svg = view._repr_svg_()
+    assert svg.lstrip().startswith("<?xml") or "<svg" in svg[:400]
+    ET.fromstring(svg.encode("utf-8"))
+    assert "step 2" in repr(view)
+
+
+# ---------------------------------------------------------------------------------------------
+# report.html and render_trace
+
+
+def write_trace(path: Path, recs: list[dict], summary: bool = True) -> Path:
+    from edge_tree.trace import TraceWriter
+
+    with TraceWriter(path, report=False) as tw:
+        tw.write_header({"target": "t.gguf", "draft": "d.gguf", "mode": "tree", "settings": {"budget": 32},
+                         "prompt": "Once upon a time", "prompt_tokens": 5, "started": "2026-01-01T00:00:00Z"})
+        for r in recs:
+            tw.write_step(r)
+        if summary:
+            tw.write_summary({"stats": {"tokens": 9, "rounds": len(recs), "acceptance_by_depth": [0.5, 0.25],
+                                        "acceptance_rate": None}, "text": "x"})
+    return path / "trace.jsonl"
+
+
+EXTERNAL = re.compile(r"https?:|//[a-z0-9.-]+\.[a-z]{2,}|url\(|@import|<link|<iframe|\ssrc=", re.I)
+
+
+@needs_dot
+def test_report_sections_and_self_contained(tmp_path):
+    recs = list(records().values())
+    header = {"target": "t", "draft": "d", "mode": "tree", "prompt": "P<>&", "settings": {"a": 1}}
+    path = write_report(header, recs, {"type": "summary", "stats": {"tokens": 3}, "text": "x"}, tmp_path / "r.html")
+    page = path.read_text("utf-8")
+    assert page.count('<section class="step"') == len(recs)
+    for r in recs:
+        assert f'id="step-{r["step"]}"' in page
+    assert page.count("<svg") >= len(recs) + 2  # one graph per step plus the two charts
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)
+    assert "\x1b" not in page and "\x00" not in page
+    assert "ArrowRight" in page and "ArrowLeft" in page
+    assert 'class="tok bonus' in page and 'title="step 2' in page
+    assert "P&lt;&gt;&amp;" in page
+
+
+def test_report_without_dot_shows_dot_source(tmp_path, monkeypatch):
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    recs = [make_record(1), nasty_record(2)]
+    page = write_report({"mode": "tree"}, recs, None, tmp_path / "r.html").read_text("utf-8")
+    assert page.count('<section class="step"') == 2
+    assert page.count("apt-get install graphviz") == 2
+    assert "digraph step1 {" in page and "rankdir=LR" in page
+    assert "interrupted" in page  # no summary record
+    assert not EXTERNAL.search(page)
+
+
+@needs_dot
+def test_render_trace_rerenders_every_step(tmp_path):
+    recs = [make_record(1), nasty_record(2), make_record(3, accept=())]
+    trace = write_trace(tmp_path / "run", recs)
+    paths = render_trace(trace, tmp_path / "out", ["png", "svg", "dot", "html"])
+    names = [p.name for p in paths]
+    assert names == [f"step-{k:04d}.{f}" for k in (1, 2, 3) for f in ("png", "svg", "dot")] + ["report.html"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    # a trace directory works too
+    assert [p.name for p in render_trace(tmp_path / "run", tmp_path / "out2", "dot")] == [
+        "step-0001.dot", "step-0002.dot", "step-0003.dot"]
+
+
+def test_render_trace_bad_format(tmp_path):
+    from edge_tree.errors import UsageError
+
+    trace = write_trace(tmp_path / "run", [make_record(1)])
+    with pytest.raises(UsageError, match="--format"):
+        render_trace(trace, tmp_path / "out", ["jpeg"])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@needs_dot
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium for the screenshot test")
+def test_report_screenshot_in_headless_chromium(tmp_path):
+    recs = [make_record(1), nasty_record(2), make_record(3, accept=()), make_record(4, n_nodes=200,
+                                                                                    branching=(6, 4, 3, 3))]
+    trace = write_trace(tmp_path / "run", recs)
+    (report,) = render_trace(trace, tmp_path / "run", ["html"])
+    profile = tmp_path / "profile"
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,1600",
+           report.resolve().as_uri()]
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("chromium did not finish in 180 s")
+    assert shot.exists(), "chromium wrote no screenshot"
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 30_000
+    w, h = struct.unpack(">II", data[16:24])
+    assert (w, h) == (1280, 1600)
+    assert distinct_colours(data, step=11) > 20
