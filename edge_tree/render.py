@@ -104,12 +104,15 @@ def _esc_html(text: str) -> str:
 
 
 def _esc_attr(text: str) -> str:
-    """A plain DOT attribute value (escString) showing ``text`` literally, also in Graphviz SVG.
+    """A plain DOT attribute value (a tooltip) showing ``text`` as literally as Graphviz allows.
 
-    Backslashes are doubled (escString), quotes are escaped by the graphviz package; ``&`` is written
-    as ``&amp;`` because Graphviz's SVG writer passes anything that looks like an entity through.
+    Graphviz unescapes backslashes in escString attributes a version-dependent number of times
+    (and turns ``\\N`` into the node name), so a backslash is shown as the look-alike ``∖``
+    (U+2216) in tooltips; the node label itself shows it exactly.  Its SVG writer passes anything
+    that looks like an XML entity through, so ``&`` is written as ``&amp;``; quotes are escaped by
+    the graphviz package.
     """
-    return graphviz.nohtml(text.replace("\\", "\\\\").replace("&", "&amp;"))
+    return graphviz.nohtml(text.replace("&", "&amp;").replace("\\", "\u2216"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -875,7 +878,7 @@ def write_report(header: dict | None, steps: list[dict], summary: dict | None, p
         drafted = sum(s.drafted for s in views)
         accepted_total = sum(len(s.accepted) for s in views)
         computed = {"rounds": total, "tokens": tok_count, "drafted": drafted, "accepted": accepted_total,
-                    "mean_accepted_per_pass": (tok_count / total) if total else 0.0}
+                    "mean_accepted_per_pass": (accepted_total / total) if total else 0.0}
         rows = "".join(f"<tr><td>{e(k)}</td><td>{e(_fmt_stat(v))}</td></tr>" for k, v in computed.items())
     out.append('<section class="card" id="summary"><h2>Summary</h2><div class="charts">' + "".join(charts)
                + f'<table class="kv">{rows}</table></div></section>')

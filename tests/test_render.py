@@ -288,6 +288,16 @@ def test_png_and_svg_files(tmp_path):
                      "\\N", "\\G", "\u2205", "a\\u200bb", "\\x0d\\x7f\\x85"]:
         assert expected in texts, expected
     assert "\x1b" not in svg.decode("utf-8") and "\x00" not in svg.decode("utf-8")
+    # tooltips carry the whole text (a backslash shows as the look-alike U+2216 there)
+    tips = {}
+    for g in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}g"):
+        m = re.fullmatch(r"step2_n(\d+)", g.get("id", ""))
+        if m:
+            (a,) = g.iter("{http://www.w3.org/2000/svg}a")
+            tips[int(m.group(1))] = a.get("{http://www.w3.org/1999/xlink}title")
+    assert sorted(tips) == list(range(len(record["nodes"]["text"])))
+    for i, raw in enumerate(record["nodes"]["text"]):
+        assert tips[i].split("\n")[1] == "text " + visible(raw).replace("\\", "\u2216")
 
 
 @needs_dot

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from edge_tree.trace import (
     check_trace_dir,
     read_trace,
 )
-from test_render import make_record, nasty_record
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the record builders live next door
+from test_render import make_record, nasty_record  # noqa: E402
 
 HAVE_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz's dot program is not installed")
