@@ -48,7 +48,7 @@ class Drafter(Protocol):
     def reset(self) -> None: ...
 
 
-def _top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k likeliest tokens, best first, with their log-probs (no full log-softmax array)."""
     top = np.argpartition(logits, -k)[-k:]
     top = top[np.argsort(-logits[top], kind="stable")]
@@ -121,7 +121,7 @@ class DraftModelDrafter:
             if not params.greedy:  # rank by q, the draft's distribution under the same settings
                 draft_probs[node] = distribution(logits, params)
                 logits = np.log(np.maximum(draft_probs[node], 1e-300)).astype(np.float32)
-            tokens, logprobs = _top_candidates(logits, shape.branch)
+            tokens, logprobs = top_candidates(logits, shape.branch)
             base = tree.cum_logprob[node]
             pool += [(base + lp, node, int(t), float(lp), r)
                      for r, (t, lp) in enumerate(zip(tokens, logprobs)) if lp > -1e30]

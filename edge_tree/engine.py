@@ -17,7 +17,8 @@ from . import llama
 from .drafters import DraftModelDrafter, Proposal, TreeShape
 from .errors import EdgeTreeError, UsageError
 from .modelfile import check_gguf
-from .policy import FixedPolicy, Policy, validate_caps
+from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
+from .policy import AdaptivePolicy, CostModel, FixedPolicy, Policy, validate_caps
 from .sampling import SamplingParams
 from .stats import RunStats
 from .target import TargetRunner
@@ -27,6 +28,7 @@ from .verify import Verdict, verify
 from .vocab import check_vocab
 
 MODES = ("ar", "chain", "tree")
+POLICIES = ("adaptive", "fixed")
 CONTEXT_FULL = ("error", "stop")
 
 
@@ -44,7 +46,7 @@ class Engine:
 
     def __init__(self, target: str, draft: str | None = None, *, n_gpu_layers: int = 0,
                  draft_n_gpu_layers: int = 0, threads: int | None = None, ctx_size: int = 4096,
-                 verbose: bool = False, children: str = "sampled"):
+                 verbose: bool = False, children: str = "sampled", policy: str = "adaptive"):
         llama.set_verbose(verbose)
         if ctx_size < 16:
             raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
@@ -66,10 +68,20 @@ class Engine:
             if self.draft_model:
                 self.draft_ctx = self._keep(llama.Context(self.draft_model, ctx_size, n_seq, threads=threads))
                 self.drafter = self._keep(DraftModelDrafter(self.draft_ctx, children))
+            self.policy = self._make_policy(policy)
         except BaseException:
             self.close()
             raise
-        self.policy: Policy = FixedPolicy()
+
+    def _make_policy(self, name: str) -> Policy:
+        if name not in POLICIES:
+            raise UsageError("--policy", f"must be one of {', '.join(POLICIES)}, got {name!r}")
+        if name == "fixed" or not self.drafter:
+            return FixedPolicy()
+        cost = CostModel(cached_costs(self.target_ctx, TARGET_SIZES),
+                         cached_costs(self.draft_ctx, DRAFT_SIZES),
+                         host_per_node=host_cost_per_node(self.draft_model.n_vocab))
+        return AdaptivePolicy(cost)
 
     def _keep(self, obj):
         self._closers.append(obj.close)
@@ -218,6 +230,7 @@ class _Run:
         self.e.target.commit(tree, verdict.last_node)
         if self.e.drafter and tree.n > 1:
             self.e.drafter.observe(tree, verdict)
+            self.e.policy.observe(tree, verdict)
         return verdict, time.perf_counter() - t0
 
     def _emit(self, new_tokens: list[int]) -> str:

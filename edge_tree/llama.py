@@ -58,8 +58,9 @@ def max_parallel_sequences() -> int:
     return int(C.llama_max_parallel_sequences())
 
 
-def system_info() -> str:
-    return C.llama_print_system_info().decode("utf-8", "replace")
+def version() -> str:
+    """The llama-cpp-python release (it pins one llama.cpp revision)."""
+    return C.__version__
 
 
 class Model:

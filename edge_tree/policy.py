@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from . import llama
 from .drafters import TreeShape
@@ -56,7 +59,7 @@ def capped(shape: TreeShape, caps: Caps) -> TreeShape:
 class Policy(Protocol):
     def shape(self, mode: str, caps: Caps) -> TreeShape: ...
 
-    def observe(self, record) -> None: ...
+    def observe(self, tree, verdict) -> None: ...
 
 
 class FixedPolicy:
@@ -76,5 +79,136 @@ class FixedPolicy:
                            expand=max(self.base.expand, per_level // self.base.branch))
         return capped(wanted, caps)
 
-    def observe(self, record) -> None:
+    def observe(self, tree, verdict) -> None:
         pass
+
+
+@dataclass
+class CostModel:
+    """Seconds per llama_decode of n tokens (measured points, linear in between and beyond), plus
+    the host's numpy work per drafted node and per round."""
+
+    verify_points: dict[int, float]
+    draft_points: dict[int, float]
+    host_per_node: float = 0.0
+    host_per_round: float = 0.0
+
+    @staticmethod
+    def _at(points: dict[int, float], n: float) -> float:
+        xs = sorted(points)
+        ys = [points[x] for x in xs]
+        if n <= xs[-1]:
+            return float(np.interp(n, xs, ys))
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else ys[-1] / xs[-1]
+        return ys[-1] + slope * (n - xs[-1])
+
+    def verify_s(self, n: int) -> float:
+        return self._at(self.verify_points, n)
+
+    def draft_s(self, n: int) -> float:
+        return self._at(self.draft_points, n)
+
+
+class RankAcceptance:
+    """How often the target's token is the draft's rank-r child, learned online.
+
+    Kept as hazards h_r = P(rank r matches | no lower rank matched), which censored observations
+    (a node with only ranks 0..b-1 drafted) estimate without bias; pi_r follows from them.
+    """
+
+    def __init__(self, max_rank: int = 8, prior=(0.8, 0.3), prior_weight: float = 4.0):
+        self.hits = np.zeros(max_rank)
+        self.trials = np.zeros(max_rank)
+        self.prior = np.array([prior[0]] + [prior[1]] * (max_rank - 1))
+        self.prior_weight = prior_weight
+
+    def observe(self, tree, verdict) -> None:
+        kids = tree.children()
+        path = [0] + list(verdict.accepted)
+        for depth, node in enumerate(path):
+            matched = path[depth + 1] if depth + 1 < len(path) else None
+            for child in kids[node]:
+                rank = int(tree.rank[child])
+                if rank >= self.hits.size:
+                    break
+                self.trials[rank] += 1
+                if child == matched:
+                    self.hits[rank] += 1
+                    break
+
+    def pi(self) -> np.ndarray:
+        hazard = (self.hits + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+        survive = np.concatenate([[1.0], np.cumprod(1 - hazard)[:-1]])
+        return hazard * survive
+
+
+def expected_tree(depth: int, branch: int, expand: int, per_level: int, total: int, pi: np.ndarray):
+    """Expected accepted tokens, node count and draft calls (tokens per call) of a tree grown by
+    the drafter's rule, when the target's token has the draft's rank r with probability pi[r]."""
+    expanded = [1.0]
+    nodes = 0
+    accepted = 0.0
+    calls = [1]  # the round's first draft call feeds the root
+    for d in range(1, depth + 1):
+        room = min(per_level, total - nodes)
+        if room <= 0:
+            break
+        level = sorted((p * pi[r] for p in expanded for r in range(branch)), reverse=True)[:room]
+        nodes += len(level)
+        accepted += sum(level)
+        if d == depth:
+            break
+        expanded = level[:expand]
+        calls.append(len(expanded))
+    return accepted, nodes, calls
+
+
+def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
+    """Expected generated tokens per second for a shape: (accepted + bonus) / round time."""
+    accepted, nodes, calls = expected_tree(shape.max_depth, shape.branch, shape.expand,
+                                           shape.max_nodes_per_level, shape.max_total_nodes, pi)
+    seconds = (sum(cost.draft_s(c) for c in calls) + cost.verify_s(1 + nodes)
+               + cost.host_per_node * (sum(calls) + nodes) + cost.host_per_round)
+    return (accepted + 1.0) / seconds
+
+
+def candidate_shapes(caps: Caps):
+    max_depth = min(caps.max_depth or 16, 16)
+    per_level_cap = caps.max_nodes_per_level or 64
+    total_cap = min(caps.max_total_nodes or 254, 254)
+    for depth, branch, expand in itertools.product(range(1, max_depth + 1), (1, 2, 3, 4),
+                                                   (1, 2, 3, 4, 6, 8, 12, 16)):
+        per_level = min(per_level_cap, branch * expand)
+        if expand > per_level or (branch > 1 and per_level < 2):
+            continue
+        yield TreeShape(max_depth=depth, max_nodes_per_level=per_level,
+                        max_total_nodes=min(total_cap, depth * per_level),
+                        branch=min(branch, per_level), expand=expand)
+
+
+def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
+    return max(candidate_shapes(caps), key=lambda shape: shape_rate(shape, pi, cost))
+
+
+class AdaptivePolicy:
+    """Each round, the shape that maximises expected tokens per second, from measured costs and
+    acceptance by sibling rank learned online. The user's caps bound the search."""
+
+    REPLAN_EVERY = 4  # rounds between searches: acceptance statistics move slowly
+
+    def __init__(self, cost: CostModel):
+        self.cost = cost
+        self.acceptance = RankAcceptance()
+        self._plans: dict[Caps, TreeShape] = {}
+        self._rounds = 0
+
+    def shape(self, mode: str, caps: Caps) -> TreeShape:
+        if mode == "chain":
+            return chain_shape(caps)
+        if caps not in self._plans or self._rounds % self.REPLAN_EVERY == 0:
+            self._plans[caps] = best_shape(caps, self.acceptance.pi(), self.cost)
+        return self._plans[caps]
+
+    def observe(self, tree, verdict) -> None:
+        self._rounds += 1
+        self.acceptance.observe(tree, verdict)

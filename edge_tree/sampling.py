@@ -37,11 +37,6 @@ class SamplingParams:
         return self
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - float(logits.max())
-    return shifted - np.log(np.exp(shifted).sum())
-
-
 def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """Dense probabilities over the vocabulary after temperature, top-k, top-p and min-p.
 

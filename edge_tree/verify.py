@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .sampling import SamplingParams, distribution, log_softmax, sample
+from .sampling import SamplingParams, distribution, sample
 from .tree import TokenTree
 
 LogitsOf = Callable[[int], np.ndarray]
@@ -47,6 +47,15 @@ def _note_children(target_prob: np.ndarray, kids: list[int], tree: TokenTree, pr
         target_prob[c] = probs[tree.token[c]]
 
 
+def _note_children_softmax(target_prob: np.ndarray, kids: list[int], tree: TokenTree,
+                           logits: np.ndarray) -> None:
+    """Softmax probabilities of the children's tokens only: one pass over the vocabulary."""
+    peak = float(logits.max())
+    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    for c in kids:
+        target_prob[c] = np.exp(float(logits[tree.token[c]]) - log_norm)
+
+
 def _child_with_token(tree: TokenTree, kids: list[int], token: int) -> int | None:
     for c in kids:
         if tree.token[c] == token:
@@ -63,7 +72,7 @@ def verify_greedy(tree: TokenTree, logits_of: LogitsOf) -> Verdict:
         logits = logits_of(node)
         best = int(np.argmax(logits))
         if kids[node]:
-            _note_children(target_prob, kids[node], tree, np.exp(log_softmax(logits)))
+            _note_children_softmax(target_prob, kids[node], tree, logits)
         child = _child_with_token(tree, kids[node], best)
         if child is None:
             return Verdict(accepted, best, target_prob)

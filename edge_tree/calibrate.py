@@ -1,0 +1,80 @@
+"""Measure what a llama_decode of n tokens costs on this machine, once per model file and setting.
+
+The adaptive policy sizes trees from these curves (FIELD.md section 5: on a 2-core CPU verifying
+16 tokens costs 2.5 one-token passes with an F32 target, far less on a GPU). Results are cached
+in the user cache dir, keyed by file, size, mtime, threads and offload.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import llama
+from .demo import cache_dir
+
+TARGET_SIZES = (1, 2, 4, 8, 16, 32, 64)
+DRAFT_SIZES = (1, 2, 4, 8, 16)
+REPEATS = 3  # keep the fastest: the machine is shared and noisy
+
+
+def decode_costs(ctx: llama.Context, sizes, repeats: int = REPEATS) -> dict[int, float]:
+    """Seconds for one decode of n chained tokens with logits for all, for each n in sizes."""
+    sizes = [n for n in sizes if n <= min(ctx.n_batch, ctx.n_ctx)]
+    costs = {}
+    with llama.Batch(max(sizes), 1) as batch:
+        for n in sizes:
+            best = float("inf")
+            for _ in range(repeats + 1):  # the first run also warms caches and allocators
+                ctx.clear()
+                batch.clear()
+                for i in range(n):
+                    batch.add(i % 64 + 100, i, (0,), True)
+                start = time.perf_counter()
+                ctx.decode(batch)
+                best = min(best, time.perf_counter() - start)
+            costs[n] = best
+    ctx.clear()
+    return costs
+
+
+def host_cost_per_node(n_vocab: int, repeats: int = 5) -> float:
+    """Seconds of numpy work the drafter spends per expanded node (top-k and normaliser)."""
+    from .drafters import top_candidates
+
+    logits = np.random.default_rng(0).normal(size=n_vocab).astype(np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        top_candidates(logits, 4)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _key(ctx: llama.Context) -> str:
+    path = ctx.model.path.resolve()
+    stat = path.stat()
+    return "|".join(str(x) for x in (path, stat.st_size, int(stat.st_mtime), ctx.threads,
+                                     ctx.model.offloaded_layers, llama.version()))
+
+
+def cached_costs(ctx: llama.Context, sizes, cache_file: Path | None = None) -> dict[int, float]:
+    cache_file = cache_file or cache_dir() / "calibration.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    key = _key(ctx)
+    if key in cache:
+        return {int(n): s for n, s in cache[key].items()}
+    costs = decode_costs(ctx, sizes)
+    cache[key] = costs
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(cache, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs a re-measure next time
+    return costs
