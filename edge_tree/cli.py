@@ -79,6 +79,8 @@ def main():
 @click.option("--max-depth", type=int, help="Hard cap on tree depth (drafted tokens per branch).")
 @click.option("--max-nodes-per-level", type=int, help="Hard cap on nodes per tree level.")
 @click.option("--max-total-nodes", type=int, help="Hard cap on drafted nodes per round.")
+@click.option("--policy", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
+              help="Tree shape: sized each round from measured costs and learned acceptance, or fixed.")
 @click.option("--draft-children", type=click.Choice(["sampled", "topk"]), default="sampled",
               show_default=True, help="With --temperature > 0: children drawn from the draft "
               "(rejection sampling) or its top choices.")
@@ -93,10 +95,16 @@ def main():
 @click.option("--max-time", type=float, help="Stop cleanly after this many seconds.")
 @click.option("--stats", is_flag=True, help="Print a summary (speed, acceptance) on stderr.")
 @click.option("--stats-json", type=click.Path(dir_okay=False), help="Write the summary as JSON to FILE.")
+@click.option("--trace-dir", type=click.Path(file_okay=False),
+              help="Write every step to DIR/trace.jsonl (and pictures, report.html).")
+@click.option("--trace-format", default="jsonl", show_default=True,
+              help="Comma list of jsonl, dot, png, svg: per-step files in --trace-dir.")
+@click.option("--show-tree", is_flag=True, help="Print each round's tree on stderr while text streams.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own logs.")
 def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p, min_p, seed,
-             max_depth, max_nodes_per_level, max_total_nodes, draft_children, n_gpu_layers,
-             draft_n_gpu_layers, threads, ctx_size, context_full, max_time, stats, stats_json, verbose):
+             max_depth, max_nodes_per_level, max_total_nodes, policy, draft_children, n_gpu_layers,
+             draft_n_gpu_layers, threads, ctx_size, context_full, max_time, stats, stats_json,
+             trace_dir, trace_format, show_tree, verbose):
     """Generate a continuation of PROMPT (or of standard input), streamed to stdout.
 
     With no --target, edge-tree uses its demo pair (Gemma 3 270M: F32 target, Q4_K_M draft),
@@ -108,17 +116,32 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
         prompt = sys.stdin.read()
     from . import load
     from .stats import format_stats
+    from .trace import TraceWriter, check_formats, check_trace_dir
 
     with user_errors(), Interrupt() as interrupt:
+        # everything that can be checked without a model is checked before one loads
+        formats = check_formats(trace_format) if trace_dir else ()
+        if trace_dir:
+            check_trace_dir(trace_dir)
         engine = load(target, draft, n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
-                      threads=threads, ctx_size=ctx_size, verbose=verbose, children=draft_children)
-        with engine:
-            result = engine.generate(
-                prompt, max_tokens=max_tokens, mode=mode, temperature=temperature, top_k=top_k,
-                top_p=top_p, min_p=min_p, seed=seed, max_depth=max_depth,
-                max_nodes_per_level=max_nodes_per_level, max_total_nodes=max_total_nodes,
-                max_time=max_time, context_full=context_full, record_steps=False,
-                on_text=_print_now, should_stop=lambda: interrupt.requested)
+                      threads=threads, ctx_size=ctx_size, verbose=verbose, children=draft_children,
+                      policy=policy)
+        settings = dict(mode=mode, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, min_p=min_p, seed=seed, max_depth=max_depth,
+                        max_nodes_per_level=max_nodes_per_level, max_total_nodes=max_total_nodes,
+                        max_time=max_time, context_full=context_full)
+        with engine, TraceWriter(trace_dir, formats) if trace_dir else _nothing() as trace:
+            if trace:
+                trace.write_header({"target": engine.target_path, "draft": engine.draft_path,
+                                    "mode": mode or ("tree" if engine.drafter else "ar"),
+                                    "settings": settings, "prompt": prompt,
+                                    "prompt_tokens": len(engine.target_model.tokenize(prompt)),
+                                    "started": _now()})
+            on_step = _step_sink(trace, show_tree)
+            result = engine.generate(prompt, **settings, record_steps=False, on_text=_print_now,
+                                     on_step=on_step, should_stop=lambda: interrupt.requested)
+            if trace:
+                trace.write_summary({"stats": result.stats, "text": result.text})
         click.echo("")
         if result.stop_reason == "context":
             click.echo(f"edge-tree: stopped at the context limit ({ctx_size} tokens)", err=True)
@@ -133,6 +156,51 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
 def _print_now(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _step_sink(trace, show_tree: bool):
+    """The on_step callback: write the record to the trace, draw it on stderr, or both."""
+    if not trace and not show_tree:
+        return None
+    from .render import text_tree
+
+    color = sys.stderr.isatty()
+
+    def sink(record: dict) -> None:
+        if trace:
+            trace.write_step(record)
+        if show_tree:
+            sys.stderr.write("\n" + text_tree(record, color=color) + "\n")
+            sys.stderr.flush()
+
+    return sink
+
+
+@main.command()
+@click.argument("trace_file", type=click.Path())
+@click.option("--format", "formats", default="svg", show_default=True,
+              help="Comma list of dot, png, svg, html (the report).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+def render(trace_file, formats, out_dir):
+    """Re-draw the pictures of a trace (TRACE_FILE: trace.jsonl or its directory); no model needed."""
+    from .render import render_trace
+    from .trace import RENDER_FORMATS, check_formats
+
+    with user_errors():
+        formats = check_formats(formats, option="--format", allowed=RENDER_FORMATS)
+        files = render_trace(trace_file, out_dir, formats)
+        click.echo(f"{len(files)} files in {out_dir}")
 
 
 @main.group()
