@@ -217,8 +217,8 @@ class _Run:
                          branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob)
 
     def _propose(self, tokens: list[int]) -> Proposal:
-        shape = self._shape(len(tokens))
-        if self.mode == "ar" or shape.max_depth == 0 or shape.max_total_nodes == 0:
+        shape = self._shape(len(tokens)) if self.mode != "ar" else None
+        if shape is None or shape.max_depth == 0 or shape.max_total_nodes == 0:
             return Proposal(TokenTree(0, tokens[-1]), None, 0.0, 0)
         return self.e.drafter.propose(tokens, shape, self.params, self.rng)
 

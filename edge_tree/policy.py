@@ -93,20 +93,27 @@ class CostModel:
     host_per_node: float = 0.0
     host_per_round: float = 0.0
 
+    def __post_init__(self):
+        # tabulated for every batch size a tree can have: the policy asks thousands of times
+        self._verify = self._table(self.verify_points)
+        self._draft = self._table(self.draft_points)
+
     @staticmethod
-    def _at(points: dict[int, float], n: float) -> float:
-        xs = sorted(points)
-        ys = [points[x] for x in xs]
-        if n <= xs[-1]:
-            return float(np.interp(n, xs, ys))
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else ys[-1] / xs[-1]
-        return ys[-1] + slope * (n - xs[-1])
+    def _table(points: dict[int, float], size: int = 257) -> np.ndarray:
+        xs = np.array(sorted(points), float)
+        ys = np.array([points[x] for x in sorted(points)], float)
+        n = np.arange(size, dtype=float)
+        table = np.interp(n, xs, ys)
+        if len(xs) > 1:  # beyond the last point: extend the last segment's slope
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            table[n > xs[-1]] = ys[-1] + slope * (n[n > xs[-1]] - xs[-1])
+        return table
 
     def verify_s(self, n: int) -> float:
-        return self._at(self.verify_points, n)
+        return float(self._verify[n])
 
     def draft_s(self, n: int) -> float:
-        return self._at(self.draft_points, n)
+        return float(self._draft[n])
 
 
 class RankAcceptance:
@@ -142,59 +149,65 @@ class RankAcceptance:
         return hazard * survive
 
 
-def expected_tree(depth: int, branch: int, expand: int, per_level: int, total: int, pi: np.ndarray):
-    """Expected accepted tokens, node count and draft calls (tokens per call) of a tree grown by
-    the drafter's rule, when the target's token has the draft's rank r with probability pi[r]."""
-    expanded = [1.0]
+def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth: int, pi: np.ndarray):
+    """The tree the drafter grows, in expectation, when the target's token has the draft's rank r
+    with probability pi[r]. Yields, for each depth d, the tree cut there: (d, expected accepted
+    tokens, nodes, tokens fed per draft call)."""
+    expanded = [1.0]  # probability that the walk reaches each expanded node of the last level
     nodes = 0
     accepted = 0.0
     calls = [1]  # the round's first draft call feeds the root
-    for d in range(1, depth + 1):
+    for depth in range(1, max_depth + 1):
         room = min(per_level, total - nodes)
         if room <= 0:
-            break
+            return
         level = sorted((p * pi[r] for p in expanded for r in range(branch)), reverse=True)[:room]
         nodes += len(level)
         accepted += sum(level)
-        if d == depth:
-            break
+        yield depth, accepted, nodes, calls
         expanded = level[:expand]
-        calls.append(len(expanded))
-    return accepted, nodes, calls
+        calls = calls + [len(expanded)]
 
 
-def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
-    """Expected generated tokens per second for a shape: (accepted + bonus) / round time."""
-    accepted, nodes, calls = expected_tree(shape.max_depth, shape.branch, shape.expand,
-                                           shape.max_nodes_per_level, shape.max_total_nodes, pi)
+def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel) -> float:
+    """Expected generated tokens per second: (accepted + the bonus token) / the round's time."""
     seconds = (sum(cost.draft_s(c) for c in calls) + cost.verify_s(1 + nodes)
                + cost.host_per_node * (sum(calls) + nodes) + cost.host_per_round)
     return (accepted + 1.0) / seconds
 
 
-def candidate_shapes(caps: Caps):
-    max_depth = min(caps.max_depth or 16, 16)
-    per_level_cap = caps.max_nodes_per_level or 64
-    total_cap = min(caps.max_total_nodes or 254, 254)
-    for depth, branch, expand in itertools.product(range(1, max_depth + 1), (1, 2, 3, 4),
-                                                   (1, 2, 3, 4, 6, 8, 12, 16)):
-        per_level = min(per_level_cap, branch * expand)
-        if expand > per_level or (branch > 1 and per_level < 2):
-            continue
-        yield TreeShape(max_depth=depth, max_nodes_per_level=per_level,
-                        max_total_nodes=min(total_cap, depth * per_level),
-                        branch=min(branch, per_level), expand=expand)
+def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
+    *_, last = grow_levels(shape.branch, shape.expand, shape.max_nodes_per_level,
+                           shape.max_total_nodes, shape.max_depth, pi)
+    return round_rate(*last[1:], cost)
 
 
 def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
-    return max(candidate_shapes(caps), key=lambda shape: shape_rate(shape, pi, cost))
+    """Search branch x expand; every depth of a tree is a prefix of the deeper one, so each pair
+    is grown once and cut at every depth."""
+    max_depth = min(caps.max_depth or 16, 16)
+    per_level_cap = caps.max_nodes_per_level or 64
+    total_cap = min(caps.max_total_nodes or 254, 254)
+    best, best_rate = chain_shape(Caps(max_depth=1)), 0.0
+    for branch, expand in itertools.product((1, 2, 3, 4), (1, 2, 3, 4, 6, 8, 12, 16)):
+        per_level = min(per_level_cap, branch * expand)
+        if expand > per_level or branch > per_level:
+            continue
+        for depth, accepted, nodes, calls in grow_levels(branch, expand, per_level, total_cap,
+                                                         max_depth, pi):
+            rate = round_rate(accepted, nodes, calls, cost)
+            if rate > best_rate:
+                best_rate = rate
+                best = TreeShape(max_depth=depth, max_nodes_per_level=per_level,
+                                 max_total_nodes=nodes, branch=branch, expand=expand)
+    return best
 
 
 class AdaptivePolicy:
     """Each round, the shape that maximises expected tokens per second, from measured costs and
     acceptance by sibling rank learned online. The user's caps bound the search."""
 
-    REPLAN_EVERY = 4  # rounds between searches: acceptance statistics move slowly
+    REPLAN_EVERY = 8  # rounds between searches: acceptance statistics move slowly
 
     def __init__(self, cost: CostModel):
         self.cost = cost
