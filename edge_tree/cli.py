@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -113,7 +114,8 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
     if prompt is None:
         if sys.stdin.isatty():
             raise click.UsageError("give a PROMPT argument or pipe the prompt on standard input")
-        prompt = sys.stdin.read()
+        # bytes that are not UTF-8 reach the tokenizer as they are, as they would from argv
+        prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     from . import load
     from .stats import format_stats
     from .trace import TraceWriter, check_formats, check_trace_dir
@@ -123,6 +125,8 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
         formats = check_formats(trace_format) if trace_dir else ()
         if trace_dir:
             check_trace_dir(trace_dir)
+        if stats_json:
+            _check_writable_file(stats_json, "--stats-json")
         engine = load(target, draft, n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
                       threads=threads, ctx_size=ctx_size, verbose=verbose, children=draft_children,
                       policy=policy)
@@ -148,7 +152,10 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
         if stats:
             click.echo(format_stats(result.stats), err=True)
         if stats_json:
-            Path(stats_json).write_text(json.dumps(result.stats, indent=2) + "\n")
+            try:
+                Path(stats_json).write_text(json.dumps(result.stats, indent=2) + "\n")
+            except OSError as e:
+                raise EdgeTreeError(f"cannot write --stats-json {stats_json}: {e.strerror}") from None
         if result.stop_reason == "interrupted":
             sys.exit(130)
 
@@ -156,6 +163,14 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
 def _print_now(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _check_writable_file(path: str, option: str) -> None:
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise EdgeTreeError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise EdgeTreeError(f"{option} {path}: folder {folder} is not writable")
 
 
 @contextmanager

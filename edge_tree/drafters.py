@@ -15,7 +15,8 @@ import numpy as np
 
 from .llama import Batch, Context
 from .sampling import SamplingParams, distribution, sample_without_replacement
-from .tree import TokenTree
+from . import ngram
+from .tree import NGRAM, TokenTree
 from .verify import Verdict
 
 
@@ -29,6 +30,7 @@ class TreeShape:
     branch: int = 2  # children proposed per expanded node (the draft's top choices / draws)
     expand: int = 2  # nodes per level decoded in the draft, to grow the next level
     min_prob: float = 0.0  # stop growing a branch once its cumulative draft probability is lower
+    ngram_len: int = 0  # room for a prompt-lookup branch beside the draft's nodes (0: none)
 
 
 @dataclass
@@ -91,14 +93,14 @@ class DraftModelDrafter:
                 rng: np.random.Generator) -> Proposal:
         start = time.perf_counter()
         sampled = self.children == "sampled" and not params.greedy
-        tree = TokenTree(shape.max_total_nodes, tokens[-1], sampled=sampled)
+        tree = TokenTree(shape.max_total_nodes + shape.ngram_len, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
         self._node_seq = {0: 0}
         frontier = {0: self._sync(tokens)}
         calls = 1
         draft_probs: dict[int, np.ndarray] = {}
         for depth in range(1, shape.max_depth + 1):
-            room = min(shape.max_nodes_per_level, tree.capacity - tree.n_drafted)
+            room = min(shape.max_nodes_per_level, shape.max_total_nodes - tree.n_drafted)
             if room <= 0 or not frontier:
                 break
             if sampled:
@@ -183,3 +185,45 @@ class DraftModelDrafter:
             self.ctx.seq_cp(seq, 0)
         self.ctx.seq_keep(0)
         self.n_cached = self._root_pos + int(tree.depth[keep]) + 1
+
+
+class HybridDrafter:
+    """The draft model's tree plus a prompt-lookup branch grafted beside it (free: no model call).
+
+    While the n-gram guesses keep being accepted (a streak), rounds use the guess alone and the
+    draft model sits out; its cache catches up in one batched call when it is next needed. Under
+    sampling with drawn children the tree must hold draws only, so no guess is added there.
+    """
+
+    STREAK = 2  # accepted guessed tokens that make the next round a guess-only round
+
+    def __init__(self, model: DraftModelDrafter):
+        self.model = model
+        self._guess: list[int] = []
+        self._model_round = False
+        self._streak = False
+
+    def reset(self) -> None:
+        self.model.reset()
+        self._streak = False
+
+    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
+                rng: np.random.Generator) -> Proposal:
+        drawn = self.model.children == "sampled" and not params.greedy
+        self._guess = [] if drawn else ngram.lookup(tokens, shape.ngram_len)
+        self._model_round = not (self._streak and self._guess)
+        if not self._model_round:
+            tree = TokenTree(len(self._guess), tokens[-1])
+            tree.graft(self._guess, NGRAM)
+            return Proposal(tree, None, 0.0, 0)
+        proposal = self.model.propose(tokens, shape, params, rng)
+        proposal.tree.graft(self._guess, NGRAM)
+        return proposal
+
+    def observe(self, tree: TokenTree, verdict: Verdict) -> None:
+        accepted = [int(tree.token[i]) for i in verdict.accepted]
+        agreed = next((i for i, (a, g) in enumerate(zip(accepted, self._guess)) if a != g),
+                      min(len(accepted), len(self._guess)))
+        self._streak = agreed >= self.STREAK
+        if self._model_round:
+            self.model.observe(tree, verdict)

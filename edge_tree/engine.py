@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from . import llama
-from .drafters import DraftModelDrafter, Proposal, TreeShape
+from .drafters import DraftModelDrafter, HybridDrafter, Proposal, TreeShape
 from .errors import EdgeTreeError, UsageError
 from .modelfile import check_gguf
 from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
@@ -23,11 +23,12 @@ from .sampling import SamplingParams
 from .stats import RunStats
 from .target import TargetRunner
 from .text import TextStream, visible
-from .tree import ACCEPTED, REJECTED, STATUS_NAMES, TokenTree
+from .tree import ACCEPTED, NGRAM, REJECTED, SOURCE_NAMES, STATUS_NAMES, TokenTree
 from .verify import Verdict, verify
 from .vocab import check_vocab
 
 MODES = ("ar", "chain", "tree")
+NGRAM_LEN = 10  # longest prompt-lookup guess grafted onto a tree
 POLICIES = ("adaptive", "fixed")
 CONTEXT_FULL = ("error", "stop")
 
@@ -64,10 +65,11 @@ class Engine:
             n_seq = llama.max_parallel_sequences()
             self.target_ctx = self._keep(llama.Context(self.target_model, ctx_size, n_seq, threads=threads))
             self.target = self._keep(TargetRunner(self.target_ctx))
-            self.drafter = None
+            self.drafter = self.hybrid = None
             if self.draft_model:
                 self.draft_ctx = self._keep(llama.Context(self.draft_model, ctx_size, n_seq, threads=threads))
                 self.drafter = self._keep(DraftModelDrafter(self.draft_ctx, children))
+                self.hybrid = HybridDrafter(self.drafter)
             self.policy = self._make_policy(policy)
         except BaseException:
             self.close()
@@ -116,7 +118,9 @@ class Engine:
                  on_text: Callable[[str], None] | None = None,
                  on_step: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 record_steps: bool = True) -> GenerationResult:
+                 record_steps: bool = True, ngram: bool = True) -> GenerationResult:
+        """Generate a continuation of prompt. mode: ar | chain | tree (default with a draft);
+        ngram: in tree mode, graft prompt-lookup guesses onto the draft's tree."""
         mode = self._check_mode(mode)
         params = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
         if max_tokens < 1:
@@ -139,7 +143,8 @@ class Engine:
                                 f"or pass --context-full stop")
         seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
         rng = np.random.default_rng(seed)
-        run = _Run(self, mode, params, caps, rng, max_tokens, max_time, on_text, on_step,
+        drafter = None if mode == "ar" else self.hybrid if mode == "tree" and ngram else self.drafter
+        run = _Run(self, drafter, mode, params, caps, rng, max_tokens, max_time, on_text, on_step,
                    should_stop, record_steps)
         return run.execute(prompt_tokens, seed)
 
@@ -155,9 +160,10 @@ class Engine:
 class _Run:
     """One generation: the loop state that lives for a single generate() call."""
 
-    def __init__(self, engine: Engine, mode, params, caps, rng, max_tokens, max_time, on_text,
-                 on_step, should_stop, record_steps):
+    def __init__(self, engine: Engine, drafter, mode, params, caps, rng, max_tokens, max_time,
+                 on_text, on_step, should_stop, record_steps):
         self.e = engine
+        self.drafter = drafter
         self.mode, self.params, self.caps, self.rng = mode, params, caps, rng
         self.max_tokens, self.max_time = max_tokens, max_time
         self.on_text, self.on_step = on_text, on_step
@@ -172,8 +178,11 @@ class _Run:
         e = self.e
         start = time.perf_counter()
         e.target.reset()
+        e.policy.reset()
         if e.drafter:
             e.drafter.reset()
+        if self.drafter:
+            self.drafter.reset()
         e.target.prefill(prompt_tokens)
         self.stats.prompt_s = time.perf_counter() - start
         tokens = list(prompt_tokens)
@@ -211,16 +220,21 @@ class _Run:
         shape = self.e.policy.shape(self.mode, self.caps)
         cells = self.e.target_ctx.n_ctx - n_tokens  # KV cells left beside the committed tokens
         remaining = self.max_tokens - len(self.generated)  # no point drafting past the end
+        total = max(0, min(shape.max_total_nodes, cells - 1))
+        ngram_len = 0
+        if self.drafter is self.e.hybrid:  # a guess is a branch too: it needs cells and a seq id
+            ngram_len = max(0, min(NGRAM_LEN, self.caps.max_depth or NGRAM_LEN, remaining - 1,
+                                   cells - 1 - total, self.e.target_ctx.n_seq_max - 1 - total))
         return TreeShape(max_depth=max(0, min(shape.max_depth, remaining - 1, cells - 1)),
-                         max_nodes_per_level=shape.max_nodes_per_level,
-                         max_total_nodes=max(0, min(shape.max_total_nodes, cells - 1)),
-                         branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob)
+                         max_nodes_per_level=shape.max_nodes_per_level, max_total_nodes=total,
+                         branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob,
+                         ngram_len=ngram_len)
 
     def _propose(self, tokens: list[int]) -> Proposal:
         shape = self._shape(len(tokens)) if self.mode != "ar" else None
         if shape is None or shape.max_depth == 0 or shape.max_total_nodes == 0:
             return Proposal(TokenTree(0, tokens[-1]), None, 0.0, 0)
-        return self.e.drafter.propose(tokens, shape, self.params, self.rng)
+        return self.drafter.propose(tokens, shape, self.params, self.rng)
 
     def _verify(self, proposal: Proposal) -> tuple[Verdict, float]:
         t0 = time.perf_counter()
@@ -228,9 +242,10 @@ class _Run:
         logits_of = self.e.target.evaluate(tree)
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs)
         self.e.target.commit(tree, verdict.last_node)
-        if self.e.drafter and tree.n > 1:
-            self.e.drafter.observe(tree, verdict)
-            self.e.policy.observe(tree, verdict)
+        if tree.n > 1:
+            self.drafter.observe(tree, verdict)
+            if proposal.draft_calls:  # the policy learns how the draft model ranks
+                self.e.policy.observe(tree, verdict)
         return verdict, time.perf_counter() - t0
 
     def _emit(self, new_tokens: list[int]) -> str:
@@ -279,7 +294,9 @@ def step_record(step: int, mode: str, n_cached_after: int, proposal: Proposal, v
             "parent": [int(p) for p in tree.parent[:n]] + [verdict.last_node],
             "depth": [int(d) for d in tree.depth[:n]] + [int(tree.depth[verdict.last_node]) + 1],
             "rank": [int(r) for r in tree.rank[:n]] + [0],
-            "draft_prob": [1.0] + [float(p) for p in draft_prob[1:]] + [None],
+            "draft_prob": [1.0] + [None if tree.source[i] == NGRAM else float(draft_prob[i])
+                                    for i in range(1, n)] + [None],
+            "source": [SOURCE_NAMES[s] for s in tree.source[:n]] + ["target"],
             "draft_logprob": [float(x) for x in tree.logprob[:n]] + [None],
             "cum_logprob": [float(x) for x in tree.cum_logprob[:n]] + [None],
             "target_prob": target_prob + [None],

@@ -114,7 +114,7 @@ class Model:
 
     # -- vocabulary -----------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
-        raw = text.encode("utf-8")
+        raw = text.encode("utf-8", "surrogateescape")  # undecodable input bytes pass through as bytes
         capacity = len(raw) + 8
         tokens = (C.llama_token * capacity)()
         n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)

@@ -11,6 +11,7 @@ import numpy as np
 from . import llama
 from .drafters import TreeShape
 from .errors import UsageError
+from .tree import DRAFT
 
 CHAIN_DEPTH = 8
 # A CPU-sized default: one main branch decoded per level, with the draft's runner-up kept as a
@@ -61,6 +62,8 @@ class Policy(Protocol):
 
     def observe(self, tree, verdict) -> None: ...
 
+    def reset(self) -> None: ...
+
 
 class FixedPolicy:
     """The same shape every round: the user's values where given, else DEFAULT_TREE."""
@@ -80,6 +83,9 @@ class FixedPolicy:
         return capped(wanted, caps)
 
     def observe(self, tree, verdict) -> None:
+        pass
+
+    def reset(self) -> None:
         pass
 
 
@@ -135,6 +141,8 @@ class RankAcceptance:
         for depth, node in enumerate(path):
             matched = path[depth + 1] if depth + 1 < len(path) else None
             for child in kids[node]:
+                if tree.source[child] != DRAFT:  # guesses grafted from the context rank after
+                    continue
                 rank = int(tree.rank[child])
                 if rank >= self.hits.size:
                     break
@@ -211,6 +219,10 @@ class AdaptivePolicy:
 
     def __init__(self, cost: CostModel):
         self.cost = cost
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was learned: each generation starts alike, so a seed replays its text."""
         self.acceptance = RankAcceptance()
         self._plans: dict[Caps, TreeShape] = {}
         self._rounds = 0

@@ -13,6 +13,8 @@ import numpy as np
 
 ROOT, DRAFTED, ACCEPTED, REJECTED, BONUS = range(5)
 STATUS_NAMES = ("root", "drafted", "accepted", "rejected", "bonus")
+DRAFT, NGRAM = range(2)  # who proposed a node: the draft model, or an n-gram found in the context
+SOURCE_NAMES = ("draft", "ngram")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class TokenTree:
     logprob: np.ndarray = field(init=False)  # draft log-prob of the token given its parent path
     cum_logprob: np.ndarray = field(init=False)
     status: np.ndarray = field(init=False)
+    source: np.ndarray = field(init=False)
 
     def __post_init__(self):
         size = self.capacity + 1
@@ -40,10 +43,11 @@ class TokenTree:
         self.logprob = np.zeros(size, np.float64)
         self.cum_logprob = np.zeros(size, np.float64)
         self.status = np.full(size, DRAFTED, np.int8)
+        self.source = np.full(size, DRAFT, np.int8)
         self.token[0] = self.root_token
         self.status[0] = ROOT
 
-    def add(self, token: int, parent: int, logprob: float, rank: int) -> int:
+    def add(self, token: int, parent: int, logprob: float, rank: int, source: int = DRAFT) -> int:
         i = self.n
         if i > self.capacity:
             raise ValueError(f"tree is full ({self.capacity} nodes)")
@@ -53,8 +57,27 @@ class TokenTree:
         self.rank[i] = rank
         self.logprob[i] = logprob
         self.cum_logprob[i] = self.cum_logprob[parent] + logprob
+        self.source[i] = source
         self.n = i + 1
         return i
+
+    def graft(self, tokens: list[int], source: int) -> int:
+        """Insert a chain of guesses from the root, sharing the nodes that already carry them
+        (a trie insert). New nodes rank after their siblings and score like their parent: an
+        n-gram guess has no draft probability. Returns how many nodes were added."""
+        kids = self.children()
+        node, added = 0, 0
+        for token in tokens:
+            match = next((c for c in kids[node] if self.token[c] == token), None)
+            if match is None:
+                if self.n > self.capacity:
+                    break
+                match = self.add(token, node, 0.0, len(kids[node]), source)
+                kids[node].append(match)
+                kids.append([])
+                added += 1
+            node = match
+        return added
 
     @property
     def n_drafted(self) -> int:

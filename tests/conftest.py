@@ -45,3 +45,13 @@ def tiny_other_vocab(tiny_models_dir) -> Path:
     """A model whose vocabulary is incompatible with the target's (other texts from id 3, 768 tokens)."""
     return write_tiny_model(tiny_models_dir / "tiny-other-vocab.gguf", seed=TINY_DRAFT_SEED,
                             vocab="other")
+
+
+@pytest.fixture(scope="session")
+def dot_program() -> str:
+    """Graphviz's `dot`: installed by the suite's set-up, so its absence is a failure."""
+    import shutil
+
+    dot = shutil.which("dot")
+    assert dot, "Graphviz's dot program is not installed (apt-get install graphviz)"
+    return dot

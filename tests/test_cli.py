@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from importlib.metadata import version
 
 import pytest
@@ -129,8 +131,10 @@ def test_help_shows_commands_and_generate_help_shows_examples():
 # -- what fails (a real process) -------------------------------------------------------------------
 
 def edge_tree_exe() -> str:
-    exe = shutil.which("edge-tree")
-    assert exe, "the edge-tree console script is not on PATH: pip install -e . first"
+    """The console script of the environment running the tests (a venv's bin need not be on PATH)."""
+    beside = Path(sys.executable).parent / "edge-tree"
+    exe = str(beside) if beside.exists() else shutil.which("edge-tree")
+    assert exe, "the edge-tree console script is not installed: pip install -e . first"
     return exe
 
 

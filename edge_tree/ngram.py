@@ -1,0 +1,29 @@
+"""Prompt lookup: guess the next tokens by finding the context's last few tokens earlier in it.
+
+Free to compute (no model call); strong where text repeats or copies its input: lists, code,
+extractive answers, and the loops small base models fall into.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_MATCH = 4  # longest suffix tried first: a longer match predicts better
+MIN_MATCH = 2
+
+
+def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH, min_match: int = MIN_MATCH) -> list[int]:
+    """The tokens that followed the most recent earlier occurrence of the longest matching suffix
+    (at most `length`; empty when the suffix never occurred before)."""
+    if length <= 0 or len(tokens) <= min_match:
+        return []
+    context = np.asarray(tokens, dtype=np.int64)
+    for n in range(min(max_match, len(context) - 1), min_match - 1, -1):
+        suffix = context[-n:]
+        # candidate starts: the suffix's first token, early enough to be followed by something
+        starts = np.flatnonzero(context[: len(context) - n] == suffix[0])
+        for start in starts[::-1]:
+            if np.array_equal(context[start:start + n], suffix):
+                follow = context[start + n:start + n + length]
+                return [int(t) for t in follow]
+    return []
