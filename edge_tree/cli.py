@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .bench import bench
 from .errors import EdgeTreeError, UsageError
 
 GENERATE_EXAMPLES = """
@@ -265,3 +266,6 @@ def models_make_draft(target, quant, out, threads):
             raise UsageError("--quant", f"one of {', '.join(FTYPES)}; got {quant!r}")
         quantize(check_gguf(target, "target"), out, quant.upper(), threads)
         click.echo(out)
+
+
+main.add_command(bench)
