@@ -29,8 +29,15 @@ class TreeShape:
     max_total_nodes: int = 48
     branch: int = 2  # children proposed per expanded node (the draft's top choices / draws)
     expand: int = 2  # nodes per level decoded in the draft, to grow the next level
-    min_prob: float = 0.0  # stop growing a branch once its cumulative draft probability is lower
     ngram_len: int = 0  # room for a prompt-lookup branch beside the draft's nodes (0: none)
+    # Worth-it thresholds on a node's estimated reach, the chance the target's walk gets to it:
+    # drafted nodes below min_node_prob are not worth a verify slot, and nodes below
+    # min_expand_prob are not worth a draft call to grow. Reach multiplies, along the path,
+    # accept_table[bin of the draft probability] (P(target takes a child | its draft prob),
+    # learned online; empty: the draft probability itself).
+    min_node_prob: float = 0.0
+    min_expand_prob: float = 0.0
+    accept_table: tuple = ()
 
 
 @dataclass
@@ -96,6 +103,7 @@ class DraftModelDrafter:
         tree = TokenTree(shape.max_total_nodes + shape.ngram_len, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
         self._node_seq = {0: 0}
+        self._reach = {0: 0.0}
         frontier = {0: self._sync(tokens)}
         calls = 1
         draft_probs: dict[int, np.ndarray] = {}
@@ -130,11 +138,28 @@ class DraftModelDrafter:
                 draft_probs[node] = distribution(logits, params)
                 logits = np.log(np.maximum(draft_probs[node], 1e-300)).astype(np.float32)
             tokens, logprobs = top_candidates(logits, shape.branch)
-            base = tree.cum_logprob[node]
-            pool += [(base + lp, node, int(t), float(lp), r)
-                     for r, (t, lp) in enumerate(zip(tokens, logprobs)) if lp > -1e30]
-        pool.sort(key=lambda c: -c[0])
-        return [tree.add(t, parent, lp, rank) for _, parent, t, lp, rank in pool[:room]]
+            floor = np.log(shape.min_node_prob) if shape.min_node_prob > 0 else -np.inf
+            for rank, (token, lp) in enumerate(zip(tokens, logprobs)):
+                reach = self._reach[node] + self._log_accept(float(lp), shape)
+                if lp > -1e30 and reach >= floor:
+                    pool.append((reach, tree.cum_logprob[node] + lp, node, int(token), float(lp), rank))
+        pool.sort(key=lambda c: (-c[0], -c[1]))
+        return [self._add(tree, reach, t, parent, lp, rank)
+                for reach, _, parent, t, lp, rank in pool[:room]]
+
+    def _add(self, tree, reach: float, token: int, parent: int, logprob: float, rank: int) -> int:
+        node = tree.add(token, parent, logprob, rank)
+        self._reach[node] = reach
+        return node
+
+    @staticmethod
+    def _log_accept(logprob: float, shape: TreeShape) -> float:
+        """log P(the target takes this child | the walk reached its parent), estimated."""
+        if not shape.accept_table:
+            return logprob
+        table = shape.accept_table
+        index = min(int(np.exp(logprob) * len(table)), len(table) - 1)
+        return float(np.log(max(table[index], 1e-9)))
 
     def _draw_level(self, tree, frontier, shape, room, params, rng, draft_probs) -> list[int]:
         """Children drawn from q without replacement. How many each node gets is fixed from the
@@ -153,14 +178,16 @@ class DraftModelDrafter:
             q = distribution(frontier[node], params)
             draft_probs[node] = q
             for rank, token in enumerate(sample_without_replacement(q, counts[node], rng)):
-                level.append(tree.add(int(token), node, float(np.log(q[token])), rank))
+                lp = float(np.log(q[token]))
+                level.append(self._add(tree, self._reach[node] + self._log_accept(lp, shape),
+                                       int(token), node, lp, rank))
         return level
 
     def _nodes_to_expand(self, tree, level, shape) -> list[int]:
         budget = min(shape.expand, self.max_expanded - (len(self._node_seq) - 1))
-        best = sorted(level, key=lambda i: -tree.cum_logprob[i])[:max(budget, 0)]
-        floor = np.log(shape.min_prob) if shape.min_prob > 0 else -np.inf
-        return [i for i in best if tree.cum_logprob[i] >= floor]
+        best = sorted(level, key=lambda i: -self._reach[i])[:max(budget, 0)]
+        floor = np.log(shape.min_expand_prob) if shape.min_expand_prob > 0 else -np.inf
+        return [i for i in best if self._reach[i] >= floor]
 
     def _expand(self, tree, nodes) -> dict[int, np.ndarray]:
         """Decode one level in one batch; each node gets its own branch seq."""

@@ -8,7 +8,7 @@ speculative round for the trace, the pictures and `result.steps`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -225,10 +225,8 @@ class _Run:
         if self.drafter is self.e.hybrid:  # a guess is a branch too: it needs cells and a seq id
             ngram_len = max(0, min(NGRAM_LEN, self.caps.max_depth or NGRAM_LEN, remaining - 1,
                                    cells - 1 - total, self.e.target_ctx.n_seq_max - 1 - total))
-        return TreeShape(max_depth=max(0, min(shape.max_depth, remaining - 1, cells - 1)),
-                         max_nodes_per_level=shape.max_nodes_per_level, max_total_nodes=total,
-                         branch=shape.branch, expand=shape.expand, min_prob=shape.min_prob,
-                         ngram_len=ngram_len)
+        return replace(shape, max_depth=max(0, min(shape.max_depth, remaining - 1, cells - 1)),
+                       max_total_nodes=total, ngram_len=ngram_len)
 
     def _propose(self, tokens: list[int]) -> Proposal:
         shape = self._shape(len(tokens)) if self.mode != "ar" else None

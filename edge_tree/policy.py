@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -52,9 +52,8 @@ def capped(shape: TreeShape, caps: Caps) -> TreeShape:
     depth = min(shape.max_depth, caps.max_depth or shape.max_depth)
     per_level = min(shape.max_nodes_per_level, caps.max_nodes_per_level or shape.max_nodes_per_level)
     total = min(shape.max_total_nodes, caps.max_total_nodes or shape.max_total_nodes)
-    return TreeShape(max_depth=depth, max_nodes_per_level=per_level, max_total_nodes=total,
-                     branch=min(shape.branch, per_level), expand=min(shape.expand, per_level),
-                     min_prob=shape.min_prob)
+    return replace(shape, max_depth=depth, max_nodes_per_level=per_level, max_total_nodes=total,
+                   branch=min(shape.branch, per_level), expand=min(shape.expand, per_level))
 
 
 class Policy(Protocol):
@@ -157,6 +156,36 @@ class RankAcceptance:
         return hazard * survive
 
 
+class ProbCalibration:
+    """P(the target takes a drafted child | the walk reached its parent), by the child's draft
+    probability in ten bins, learned online. The prior, sqrt of the bin's probability, says what
+    a draft of the target's family does under greedy verification: right more often than its
+    own probability claims (a token at q = 0.5 is usually the target's argmax too)."""
+
+    BINS = 10
+
+    def __init__(self, prior_weight: float = 2.0):
+        self.hits = np.zeros(self.BINS)
+        self.trials = np.zeros(self.BINS)
+        self.prior = np.sqrt((np.arange(self.BINS) + 0.5) / self.BINS)
+        self.prior_weight = prior_weight
+
+    def observe(self, tree, verdict) -> None:
+        kids = tree.children()
+        path = [0] + list(verdict.accepted)
+        for depth, node in enumerate(path):
+            matched = path[depth + 1] if depth + 1 < len(path) else None
+            for child in kids[node]:
+                if tree.source[child] == DRAFT:
+                    index = min(int(np.exp(tree.logprob[child]) * self.BINS), self.BINS - 1)
+                    self.trials[index] += 1
+                    self.hits[index] += child == matched
+
+    def table(self) -> tuple:
+        rates = (self.hits + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+        return tuple(float(x) for x in rates)
+
+
 def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth: int, pi: np.ndarray):
     """The tree the drafter grows, in expectation, when the target's token has the draft's rank r
     with probability pi[r]. Yields, for each depth d, the tree cut there: (d, expected accepted
@@ -211,9 +240,24 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
     return best
 
 
+def worth_it_thresholds(shape: TreeShape, rate: float, pi: np.ndarray, cost: CostModel) -> tuple[float, float]:
+    """Reach below which a drafted node is not worth its verify slot, and a node not worth a draft
+    call to grow: where its expected accepted tokens per second fall below the round's rate."""
+    verify_slope = (cost.verify_s(33) - cost.verify_s(1)) / 32 + cost.host_per_node
+    min_node = rate * verify_slope
+    children_gain = float(np.sum(pi[:shape.branch]))
+    grow_cost = cost.draft_s(shape.expand) / shape.expand + cost.host_per_node + shape.branch * verify_slope
+    return min_node, min(1.0, rate * grow_cost / max(children_gain, 1e-9))
+
+
+DYNAMIC_DEPTH = 16  # the deepest a branch may grow while it stays worth it
+
+
 class AdaptivePolicy:
     """Each round, the shape that maximises expected tokens per second, from measured costs and
-    acceptance by sibling rank learned online. The user's caps bound the search."""
+    acceptance by sibling rank learned online; then, node by node, branches grow only while the
+    target is likely enough to reach them (draft confidence, calibrated online). The user's caps
+    bound everything."""
 
     REPLAN_EVERY = 8  # rounds between searches: acceptance statistics move slowly
 
@@ -224,16 +268,28 @@ class AdaptivePolicy:
     def reset(self) -> None:
         """Forget what was learned: each generation starts alike, so a seed replays its text."""
         self.acceptance = RankAcceptance()
+        self.calibration = ProbCalibration()
         self._plans: dict[Caps, TreeShape] = {}
         self._rounds = 0
 
     def shape(self, mode: str, caps: Caps) -> TreeShape:
         if mode == "chain":
             return chain_shape(caps)
-        if caps not in self._plans or self._rounds % self.REPLAN_EVERY == 0:
-            self._plans[caps] = best_shape(caps, self.acceptance.pi(), self.cost)
+        early = self._rounds < 2 * self.REPLAN_EVERY  # learn fast while statistics are thin
+        if caps not in self._plans or early or self._rounds % self.REPLAN_EVERY == 0:
+            self._plans[caps] = self._plan(caps)
         return self._plans[caps]
+
+    def _plan(self, caps: Caps) -> TreeShape:
+        pi = self.acceptance.pi()
+        shape = best_shape(caps, pi, self.cost)
+        min_node, min_expand = worth_it_thresholds(shape, shape_rate(shape, pi, self.cost), pi, self.cost)
+        depth = min(caps.max_depth or DYNAMIC_DEPTH, DYNAMIC_DEPTH)
+        total = min(caps.max_total_nodes or 254, max(shape.max_total_nodes, depth * shape.max_nodes_per_level))
+        return replace(shape, max_depth=depth, max_total_nodes=total, min_node_prob=min_node,
+                       min_expand_prob=min_expand, accept_table=self.calibration.table())
 
     def observe(self, tree, verdict) -> None:
         self._rounds += 1
         self.acceptance.observe(tree, verdict)
+        self.calibration.observe(tree, verdict)

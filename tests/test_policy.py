@@ -75,5 +75,8 @@ def test_adaptive_policy_replans_as_acceptance_changes():
     for _ in range(3 * AdaptivePolicy.REPLAN_EVERY):
         policy.observe(*chain_round(None))  # the draft is never right
     later = policy.shape("tree", Caps())
-    assert later.max_depth < first.max_depth
+    # a draft that is never right is not worth growing: the bar for a draft call rises sharply,
+    # and children drafted at q = 0.3 (bin 3: [0.3, 0.4)) are now expected to be rejected
+    assert later.min_expand_prob > 3 * first.min_expand_prob
+    assert later.accept_table[3] < 0.05 < first.accept_table[3]
     assert policy.shape("chain", Caps(max_depth=5)).max_depth == 5
