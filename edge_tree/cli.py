@@ -51,8 +51,8 @@ class Interrupt:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
+        if self.requested:  # exit as Ctrl-C does (130), not click's "Aborted!" and exit 1
+            raise SystemExit(130)
         self.requested = True
 
     def __exit__(self, *exc):
@@ -122,8 +122,11 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
     from .trace import TraceWriter, check_formats, check_trace_dir
 
     with user_errors(), Interrupt() as interrupt:
-        # everything that can be checked without a model is checked before one loads
-        formats = check_formats(trace_format) if trace_dir else ()
+        # everything that can be checked without a model is checked before one loads: option
+        # values (exit 2), then output paths; model files next (Engine), then llama.cpp loads
+        _check_options(max_tokens, max_time, ctx_size, threads, temperature, top_k, top_p, min_p,
+                       max_depth, max_nodes_per_level, max_total_nodes)
+        formats = check_formats(trace_format, check_tools=bool(trace_dir))
         if trace_dir:
             check_trace_dir(trace_dir)
         if stats_json:
@@ -149,7 +152,8 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
                 trace.write_summary({"stats": result.stats, "text": result.text})
         click.echo("")
         if result.stop_reason == "context":
-            click.echo(f"edge-tree: stopped at the context limit ({ctx_size} tokens)", err=True)
+            # llama.cpp rounds --ctx-size up (to a multiple of 256): say the size in use
+            click.echo(f"edge-tree: stopped at the context limit ({engine.target_ctx.n_ctx} tokens)", err=True)
         if stats:
             click.echo(format_stats(result.stats), err=True)
         if stats_json:
@@ -159,6 +163,24 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
                 raise EdgeTreeError(f"cannot write --stats-json {stats_json}: {e.strerror}") from None
         if result.stop_reason == "interrupted":
             sys.exit(130)
+
+
+def _check_options(max_tokens, max_time, ctx_size, threads, temperature, top_k, top_p, min_p,
+                   max_depth, max_nodes_per_level, max_total_nodes) -> None:
+    """The engine's own option checks, made before a model (or the demo pair) loads."""
+    from .policy import validate_caps
+    from .sampling import SamplingParams
+
+    if max_tokens < 1:
+        raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
+    if max_time is not None and max_time <= 0:
+        raise UsageError("--max-time", f"must be > 0 seconds, got {max_time}")
+    if ctx_size < 16:
+        raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
+    if threads is not None and threads < 1:
+        raise UsageError("--threads", f"must be at least 1, got {threads}")
+    SamplingParams(temperature, top_k, top_p, min_p).validate()
+    validate_caps(max_depth, max_nodes_per_level, max_total_nodes)
 
 
 def _print_now(text: str) -> None:

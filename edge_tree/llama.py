@@ -74,7 +74,10 @@ class Model:
         _recent_log.clear()
         self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
-            why = last_log_lines()
+            # llama.cpp says why in a line "llama_model_load: error loading model: <reason>"
+            reasons = [line.split("error loading model:", 1)[1].strip() for line in _recent_log
+                       if "error loading model:" in line]
+            why = reasons[-1] if reasons else last_log_lines()
             raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {why}" if why else ""))
         self.requested_gpu_layers = n_gpu_layers
         self._vocab = C.llama_model_get_vocab(self._ptr)

@@ -27,6 +27,8 @@ def check_gguf(path: str | os.PathLike, role: str = "model") -> Path:
                             f"the file has {info['size_bytes']}")
     if not info["architecture"]:
         raise EdgeTreeError(f"{role} file {path} has no general.architecture: not a model llama.cpp can load")
+    if info["n_tensors"] == 0:
+        raise EdgeTreeError(f"{role} file {path} holds no tensors (a vocabulary-only file?): no weights to load")
     return path
 
 
@@ -176,6 +178,7 @@ def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
         "quantization": _quant_name(file_type if isinstance(file_type, int) else None,
                                     elements_by_type),
         "n_params": n_params,
+        "n_tensors": n_tensors,
         # bytes a complete file holds (None when a tensor type is unknown): a file shorter than
         # this was cut short
         "data_end": data_end,

@@ -37,13 +37,13 @@ _STEP_FILE = re.compile(r"step-\d{4,}\.(dot|png|svg)(\.tmp)?$")
 
 
 def check_formats(formats, *, option: str = "--trace-format",
-                  allowed: Iterable[str] = TRACE_FORMATS) -> tuple[str, ...]:
+                  allowed: Iterable[str] = TRACE_FORMATS, check_tools: bool = True) -> tuple[str, ...]:
     """Normalise and validate output formats; returns them lower-cased, de-duplicated, in order.
 
     ``formats`` may be a string (``"png,svg"``) or an iterable of strings (each may hold commas);
     None means ``("jsonl",)``.  An unknown name raises ``UsageError(option, ...)``; png or svg
     without Graphviz's ``dot`` program on PATH raises a one-line EdgeTreeError naming the Debian
-    package.  dot needs no program.
+    package (``check_tools=False`` checks the names only).  dot needs no program.
     """
     allowed = tuple(allowed)
     if formats is None:
@@ -65,7 +65,7 @@ def check_formats(formats, *, option: str = "--trace-format",
     if not out:
         raise UsageError(option, f"no format given; choose from {', '.join(allowed)}")
     needs = [f for f in out if f in _NEEDS_DOT]
-    if needs and shutil.which("dot") is None:
+    if needs and check_tools and shutil.which("dot") is None:
         alt = f" or use {option} dot" if "dot" in allowed else ""
         raise EdgeTreeError(
             f"{option} {needs[0]} needs Graphviz's `dot` program, which is not on PATH: "
