@@ -13,9 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
+from . import ngram
 from .llama import Batch, Context
 from .sampling import SamplingParams, distribution, sample_without_replacement
-from . import ngram
 from .tree import NGRAM, TokenTree
 from .verify import Verdict
 
@@ -215,18 +215,20 @@ class DraftModelDrafter:
 
 
 class HybridDrafter:
-    """The draft model's tree plus a prompt-lookup branch grafted beside it (free: no model call).
+    """The draft model's tree plus prompt-lookup guesses (free: no model call): the context's
+    continuation of the draft's favourite branch is grafted below its end, and the continuation
+    of the committed text beside the draft's first level.
 
-    While the n-gram guesses keep being accepted (a streak), rounds use the guess alone and the
-    draft model sits out; its cache catches up in one batched call when it is next needed. Under
-    sampling with drawn children the tree must hold draws only, so no guess is added there.
+    While guesses keep landing (a streak) and the context match is long, a round uses the guess
+    alone and the draft model sits out; its cache catches up in one batched call when it is next
+    needed. Under sampling with drawn children the tree must hold draws only: no guesses there.
     """
 
     STREAK = 2  # accepted guessed tokens that make the next round a guess-only round
+    STRONG_MATCH = 3  # context-match length a guess-only round needs
 
     def __init__(self, model: DraftModelDrafter):
         self.model = model
-        self._guess: list[int] = []
         self._model_round = False
         self._streak = False
 
@@ -236,21 +238,26 @@ class HybridDrafter:
 
     def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
                 rng: np.random.Generator) -> Proposal:
-        drawn = self.model.children == "sampled" and not params.greedy
-        self._guess = [] if drawn else ngram.lookup(tokens, shape.ngram_len)
-        self._model_round = not (self._streak and self._guess)
+        if self.model.children == "sampled" and not params.greedy:
+            self._model_round = True
+            return self.model.propose(tokens, shape, params, rng)
+        guess, match = ngram.lookup(tokens, shape.ngram_len)
+        self._model_round = not (self._streak and match >= self.STRONG_MATCH)
         if not self._model_round:
-            tree = TokenTree(len(self._guess), tokens[-1])
-            tree.graft(self._guess, NGRAM)
+            tree = TokenTree(len(guess), tokens[-1])
+            tree.graft(guess, NGRAM)
             return Proposal(tree, None, 0.0, 0)
         proposal = self.model.propose(tokens, shape, params, rng)
-        proposal.tree.graft(self._guess, NGRAM)
+        tree = proposal.tree
+        end = tree.best_leaf()
+        path = [int(tree.token[i]) for i in tree.path(end)]
+        tail, _ = ngram.lookup(tokens + path, shape.ngram_len)
+        tree.graft(tail, NGRAM, at=end)
+        tree.graft(guess, NGRAM)
         return proposal
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
-        accepted = [int(tree.token[i]) for i in verdict.accepted]
-        agreed = next((i for i, (a, g) in enumerate(zip(accepted, self._guess)) if a != g),
-                      min(len(accepted), len(self._guess)))
-        self._streak = agreed >= self.STREAK
+        guessed = sum(1 for i in verdict.accepted if tree.source[i] == NGRAM)
+        self._streak = guessed >= self.STREAK
         if self._model_round:
             self.model.observe(tree, verdict)

@@ -179,8 +179,6 @@ class _Run:
         start = time.perf_counter()
         e.target.reset()
         e.policy.reset()
-        if e.drafter:
-            e.drafter.reset()
         if self.drafter:
             self.drafter.reset()
         e.target.prefill(prompt_tokens)

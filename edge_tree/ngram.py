@@ -12,11 +12,12 @@ MAX_MATCH = 4  # longest suffix tried first: a longer match predicts better
 MIN_MATCH = 2
 
 
-def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH, min_match: int = MIN_MATCH) -> list[int]:
+def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH,
+           min_match: int = MIN_MATCH) -> tuple[list[int], int]:
     """The tokens that followed the most recent earlier occurrence of the longest matching suffix
-    (at most `length`; empty when the suffix never occurred before)."""
+    (at most `length`; empty when the suffix never occurred before), and that suffix's length."""
     if length <= 0 or len(tokens) <= min_match:
-        return []
+        return [], 0
     context = np.asarray(tokens, dtype=np.int64)
     for n in range(min(max_match, len(context) - 1), min_match - 1, -1):
         suffix = context[-n:]
@@ -25,5 +26,5 @@ def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH, min_match
         for start in starts[::-1]:
             if np.array_equal(context[start:start + n], suffix):
                 follow = context[start + n:start + n + length]
-                return [int(t) for t in follow]
-    return []
+                return [int(t) for t in follow], n
+    return [], 0

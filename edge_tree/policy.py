@@ -189,7 +189,7 @@ class ProbCalibration:
 def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth: int, pi: np.ndarray):
     """The tree the drafter grows, in expectation, when the target's token has the draft's rank r
     with probability pi[r]. Yields, for each depth d, the tree cut there: (d, expected accepted
-    tokens, nodes, tokens fed per draft call)."""
+    tokens, nodes, tokens fed per draft call, reach of the least likely node grown for it)."""
     expanded = [1.0]  # probability that the walk reaches each expanded node of the last level
     nodes = 0
     accepted = 0.0
@@ -201,7 +201,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
         level = sorted((p * pi[r] for p in expanded for r in range(branch)), reverse=True)[:room]
         nodes += len(level)
         accepted += sum(level)
-        yield depth, accepted, nodes, calls
+        yield depth, accepted, nodes, calls, expanded[-1]
         expanded = level[:expand]
         calls = calls + [len(expanded)]
 
@@ -214,14 +214,15 @@ def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel) -
 
 
 def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
-    *_, last = grow_levels(shape.branch, shape.expand, shape.max_nodes_per_level,
-                           shape.max_total_nodes, shape.max_depth, pi)
-    return round_rate(*last[1:], cost)
+    *_, (_, accepted, nodes, calls, _) = grow_levels(shape.branch, shape.expand, shape.max_nodes_per_level,
+                                                      shape.max_total_nodes, shape.max_depth, pi)
+    return round_rate(accepted, nodes, calls, cost)
 
 
 def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
     """Search branch x expand; every depth of a tree is a prefix of the deeper one, so each pair
-    is grown once and cut at every depth."""
+    is grown once and cut at every depth. min_expand_prob is the reach of the least likely node
+    the best tree grows: the drafter grows nodes at least that likely, however deep."""
     max_depth = min(caps.max_depth or 16, 16)
     per_level_cap = caps.max_nodes_per_level or 64
     total_cap = min(caps.max_total_nodes or 254, 254)
@@ -230,27 +231,26 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
         per_level = min(per_level_cap, branch * expand)
         if expand > per_level or branch > per_level:
             continue
-        for depth, accepted, nodes, calls in grow_levels(branch, expand, per_level, total_cap,
-                                                         max_depth, pi):
+        for depth, accepted, nodes, calls, floor in grow_levels(branch, expand, per_level,
+                                                                total_cap, max_depth, pi):
             rate = round_rate(accepted, nodes, calls, cost)
             if rate > best_rate:
                 best_rate = rate
                 best = TreeShape(max_depth=depth, max_nodes_per_level=per_level,
-                                 max_total_nodes=nodes, branch=branch, expand=expand)
+                                 max_total_nodes=nodes, branch=branch, expand=expand,
+                                 min_expand_prob=floor)
     return best
 
 
-def worth_it_thresholds(shape: TreeShape, rate: float, pi: np.ndarray, cost: CostModel) -> tuple[float, float]:
-    """Reach below which a drafted node is not worth its verify slot, and a node not worth a draft
-    call to grow: where its expected accepted tokens per second fall below the round's rate."""
+def slot_floor(rate: float, cost: CostModel) -> float:
+    """Reach below which a drafted node is not worth its verify slot: its expected tokens per
+    second of extra verify time fall below the round's rate."""
     verify_slope = (cost.verify_s(33) - cost.verify_s(1)) / 32 + cost.host_per_node
-    min_node = rate * verify_slope
-    children_gain = float(np.sum(pi[:shape.branch]))
-    grow_cost = cost.draft_s(shape.expand) / shape.expand + cost.host_per_node + shape.branch * verify_slope
-    return min_node, min(1.0, rate * grow_cost / max(children_gain, 1e-9))
+    return rate * verify_slope
 
 
 DYNAMIC_DEPTH = 16  # the deepest a branch may grow while it stays worth it
+EXPAND_SLACK = 0.3
 
 
 class AdaptivePolicy:
@@ -283,11 +283,14 @@ class AdaptivePolicy:
     def _plan(self, caps: Caps) -> TreeShape:
         pi = self.acceptance.pi()
         shape = best_shape(caps, pi, self.cost)
-        min_node, min_expand = worth_it_thresholds(shape, shape_rate(shape, pi, self.cost), pi, self.cost)
+        # The plan's depth is what an average stretch of text affords; confident stretches may go
+        # deeper and doubtful ones stop sooner, node by node, against the plan's floors.
         depth = min(caps.max_depth or DYNAMIC_DEPTH, DYNAMIC_DEPTH)
         total = min(caps.max_total_nodes or 254, max(shape.max_total_nodes, depth * shape.max_nodes_per_level))
-        return replace(shape, max_depth=depth, max_total_nodes=total, min_node_prob=min_node,
-                       min_expand_prob=min_expand, accept_table=self.calibration.table())
+        return replace(shape, max_depth=depth, max_total_nodes=total,
+                       min_expand_prob=shape.min_expand_prob * EXPAND_SLACK,
+                       min_node_prob=slot_floor(shape_rate(shape, pi, self.cost), self.cost),
+                       accept_table=self.calibration.table())
 
     def observe(self, tree, verdict) -> None:
         self._rounds += 1

@@ -61,12 +61,12 @@ class TokenTree:
         self.n = i + 1
         return i
 
-    def graft(self, tokens: list[int], source: int) -> int:
-        """Insert a chain of guesses from the root, sharing the nodes that already carry them
+    def graft(self, tokens: list[int], source: int, at: int = 0) -> int:
+        """Insert a chain of guesses below node `at`, sharing the nodes that already carry them
         (a trie insert). New nodes rank after their siblings and score like their parent: an
         n-gram guess has no draft probability. Returns how many nodes were added."""
         kids = self.children()
-        node, added = 0, 0
+        node, added = at, 0
         for token in tokens:
             match = next((c for c in kids[node] if self.token[c] == token), None)
             if match is None:
