@@ -77,14 +77,18 @@ class DraftModelDrafter:
 
     KV layout in the draft's unified cache: seq 0 holds committed tokens only; every node the
     draft decodes gets a seq id of its own that holds the prefix and its path (seq_cp from its
-    parent, metadata only), so siblings never see each other.
+    parent up to the node's position, metadata only), so siblings never see each other.
+
+    A guess (prompt lookup) rides along with the round's first call, in seq 1: one batched
+    decode gives the draft's logits all along it, so wherever the draft's own choices follow the
+    guess, those levels cost no further draft call.
     """
 
     def __init__(self, ctx: Context, children: str = "topk"):
         self.ctx = ctx
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
-        self.max_expanded = ctx.n_seq_max - 1  # seq ids 1.. for expanded nodes, 0 is committed
-        self.batch = Batch(ctx.n_batch, 1)
+        self.max_expanded = ctx.n_seq_max - 2  # seq 0 is committed, seq 1 the guess
+        self.batch = Batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
         self.n_cached = 0  # committed tokens present in seq 0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
@@ -96,15 +100,21 @@ class DraftModelDrafter:
     def close(self) -> None:
         self.batch.close()
 
+    GUESS_SEQ = 1
+
     def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
-                rng: np.random.Generator) -> Proposal:
+                rng: np.random.Generator, guess: list[int] | None = None) -> Proposal:
         start = time.perf_counter()
         sampled = self.children == "sampled" and not params.greedy
         tree = TokenTree(shape.max_total_nodes + shape.ngram_len, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
         self._node_seq = {0: 0}
+        self._next_seq = self.GUESS_SEQ + 1
         self._reach = {0: 0.0}
-        frontier = {0: self._sync(tokens)}
+        guess = list(guess or [])
+        rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
+        on_guess = {0: 0}  # node -> how many guessed tokens its path follows
+        frontier = {0: rows[0]}
         calls = 1
         draft_probs: dict[int, np.ndarray] = {}
         for depth in range(1, shape.max_depth + 1):
@@ -117,18 +127,43 @@ class DraftModelDrafter:
                 level = self._best_level(tree, frontier, shape, room, params, draft_probs)
             if depth == shape.max_depth:
                 break
+            self._follow_guess(tree, level, guess, on_guess, len(rows))
             grow = self._nodes_to_expand(tree, level, shape)
             if not grow:
                 break
-            frontier = self._expand(tree, grow)
-            calls += 1
+            frontier = {n: rows[on_guess[n]] for n in grow if n in on_guess}
+            unknown = [n for n in grow if n not in on_guess]
+            if unknown:
+                frontier |= self._expand(tree, unknown)
+                calls += 1
         return Proposal(tree, draft_probs, time.perf_counter() - start, calls)
 
-    def _sync(self, tokens: list[int]) -> np.ndarray:
-        """Feed the committed tokens the draft has not seen; returns the root's logits."""
-        last = self.ctx.feed(self.batch, tokens[self.n_cached:], self.n_cached)
+    def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
+        """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.
+        Returns the logits at the root and after each guessed token."""
+        new = tokens[self.n_cached:]
+        if not guess or len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
+            last = self.ctx.feed(self.batch, new, self.n_cached)
+            self.n_cached = len(tokens)
+            return [self.ctx.logits(last)]
+        self.ctx.seq_cp(0, self.GUESS_SEQ)  # the guess sees the whole prefix
+        self.batch.clear()
+        for k, token in enumerate(new):
+            self.batch.add(token, self.n_cached + k, (0, self.GUESS_SEQ), k == len(new) - 1)
+        for k, token in enumerate(guess):
+            self.batch.add(token, len(tokens) + k, (self.GUESS_SEQ,), True)
+        self.ctx.decode(self.batch)
         self.n_cached = len(tokens)
-        return self.ctx.logits(last)
+        # copies: later draft calls overwrite the logits buffer, and these may serve any level
+        return [np.array(self.ctx.logits(len(new) - 1 + k)) for k in range(len(guess) + 1)]
+
+    def _follow_guess(self, tree, level, guess, on_guess, n_rows) -> None:
+        """Mark the level's nodes that continue the guess: the draft has already decoded them."""
+        for node in level:
+            followed = on_guess.get(int(tree.parent[node]))
+            if followed is not None and followed + 1 < n_rows and tree.token[node] == guess[followed]:
+                on_guess[node] = followed + 1
+                self._node_seq[node] = self.GUESS_SEQ
 
     def _best_level(self, tree, frontier, shape, room, params, draft_probs) -> list[int]:
         """Top-`branch` children of every frontier node, the best `room` of them by cum log-prob."""
@@ -184,7 +219,7 @@ class DraftModelDrafter:
         return level
 
     def _nodes_to_expand(self, tree, level, shape) -> list[int]:
-        budget = min(shape.expand, self.max_expanded - (len(self._node_seq) - 1))
+        budget = min(shape.expand, self.max_expanded - (self._next_seq - self.GUESS_SEQ - 1))
         best = sorted(level, key=lambda i: -self._reach[i])[:max(budget, 0)]
         floor = np.log(shape.min_expand_prob) if shape.min_expand_prob > 0 else -np.inf
         return [i for i in best if self._reach[i] >= floor]
@@ -193,10 +228,12 @@ class DraftModelDrafter:
         """Decode one level in one batch; each node gets its own branch seq."""
         self.batch.clear()
         for node in nodes:
-            seq = len(self._node_seq)
-            self.ctx.seq_cp(self._node_seq[int(tree.parent[node])], seq)
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+            pos = self._root_pos + int(tree.depth[node])
+            # the parent's seq may run on past the parent (the guess): copy only the path to it
+            self.ctx.seq_cp(self._node_seq[int(tree.parent[node])], seq, -1, pos)
             self._node_seq[node] = seq
-            self.batch.add(int(tree.token[node]), self._root_pos + int(tree.depth[node]), (seq,), True)
+            self.batch.add(int(tree.token[node]), pos, (seq,), True)
         self.ctx.decode(self.batch)
         return {node: self.ctx.logits(i) for i, node in enumerate(nodes)}
 
@@ -207,11 +244,13 @@ class DraftModelDrafter:
             if node in self._node_seq:
                 keep = node
         seq = self._node_seq[keep]
+        end = self._root_pos + int(tree.depth[keep]) + 1
+        self.ctx.seq_rm(seq, end, -1)  # the guess's seq may run on past the kept node
         if seq != 0:
             self.ctx.seq_keep(seq)
             self.ctx.seq_cp(seq, 0)
         self.ctx.seq_keep(0)
-        self.n_cached = self._root_pos + int(tree.depth[keep]) + 1
+        self.n_cached = end
 
 
 class HybridDrafter:
@@ -225,7 +264,8 @@ class HybridDrafter:
     """
 
     STREAK = 2  # accepted guessed tokens that make the next round a guess-only round
-    STRONG_MATCH = 3  # context-match length a guess-only round needs
+    STRONG_MATCH = 3  # context-match length a guess-only round, or a checked guess, needs
+    CHECKED_GUESS = 6  # guessed tokens the draft checks in its first call
 
     def __init__(self, model: DraftModelDrafter):
         self.model = model
@@ -247,7 +287,10 @@ class HybridDrafter:
             tree = TokenTree(len(guess), tokens[-1])
             tree.graft(guess, NGRAM)
             return Proposal(tree, None, 0.0, 0)
-        proposal = self.model.propose(tokens, shape, params, rng)
+        # the draft checks a guess in its first call only where the context match is long:
+        # each guessed token costs part of a draft call, paid back only if the draft agrees
+        checked = guess[:self.CHECKED_GUESS] if match >= self.STRONG_MATCH else []
+        proposal = self.model.propose(tokens, shape, params, rng, checked)
         tree = proposal.tree
         end = tree.best_leaf()
         path = [int(tree.token[i]) for i in tree.path(end)]
