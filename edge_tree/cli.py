@@ -83,6 +83,8 @@ def main():
 @click.option("--max-total-nodes", type=int, help="Hard cap on drafted nodes per round.")
 @click.option("--policy", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
               help="Tree shape: sized each round from measured costs and learned acceptance, or fixed.")
+@click.option("--ngram/--no-ngram", default=True, show_default=True,
+              help="In tree mode, add prompt-lookup guesses (text found earlier in the context).")
 @click.option("--draft-children", type=click.Choice(["sampled", "topk"]), default="sampled",
               show_default=True, help="With --temperature > 0: children drawn from the draft "
               "(rejection sampling) or its top choices.")
@@ -104,7 +106,7 @@ def main():
 @click.option("--show-tree", is_flag=True, help="Print each round's tree on stderr while text streams.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own logs.")
 def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p, min_p, seed,
-             max_depth, max_nodes_per_level, max_total_nodes, policy, draft_children, n_gpu_layers,
+             max_depth, max_nodes_per_level, max_total_nodes, policy, ngram, draft_children, n_gpu_layers,
              draft_n_gpu_layers, threads, ctx_size, context_full, max_time, stats, stats_json,
              trace_dir, trace_format, show_tree, verbose):
     """Generate a continuation of PROMPT (or of standard input), streamed to stdout.
@@ -137,7 +139,7 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
         settings = dict(mode=mode, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, min_p=min_p, seed=seed, max_depth=max_depth,
                         max_nodes_per_level=max_nodes_per_level, max_total_nodes=max_total_nodes,
-                        max_time=max_time, context_full=context_full)
+                        max_time=max_time, context_full=context_full, ngram=ngram)
         with engine, TraceWriter(trace_dir, formats) if trace_dir else _nothing() as trace:
             if trace:
                 trace.write_header({"target": engine.target_path, "draft": engine.draft_path,

@@ -121,6 +121,17 @@ class CostModel:
         return float(self._draft[n])
 
 
+def visited_children(tree, verdict):
+    """For every node the target's walk visited: its draft-made children in sibling order, and
+    the one the target took (None where it took none). Guesses grafted from the context are
+    left out: the statistics are about how the draft model ranks."""
+    kids = tree.children()
+    path = [0] + list(verdict.accepted)
+    for depth, node in enumerate(path):
+        matched = path[depth + 1] if depth + 1 < len(path) else None
+        yield [c for c in kids[node] if tree.source[c] == DRAFT], matched
+
+
 class RankAcceptance:
     """How often the target's token is the draft's rank-r child, learned online.
 
@@ -135,13 +146,8 @@ class RankAcceptance:
         self.prior_weight = prior_weight
 
     def observe(self, tree, verdict) -> None:
-        kids = tree.children()
-        path = [0] + list(verdict.accepted)
-        for depth, node in enumerate(path):
-            matched = path[depth + 1] if depth + 1 < len(path) else None
-            for child in kids[node]:
-                if tree.source[child] != DRAFT:  # guesses grafted from the context rank after
-                    continue
+        for children, matched in visited_children(tree, verdict):
+            for child in children:
                 rank = int(tree.rank[child])
                 if rank >= self.hits.size:
                     break
@@ -171,15 +177,11 @@ class ProbCalibration:
         self.prior_weight = prior_weight
 
     def observe(self, tree, verdict) -> None:
-        kids = tree.children()
-        path = [0] + list(verdict.accepted)
-        for depth, node in enumerate(path):
-            matched = path[depth + 1] if depth + 1 < len(path) else None
-            for child in kids[node]:
-                if tree.source[child] == DRAFT:
-                    index = min(int(np.exp(tree.logprob[child]) * self.BINS), self.BINS - 1)
-                    self.trials[index] += 1
-                    self.hits[index] += child == matched
+        for children, matched in visited_children(tree, verdict):
+            for child in children:
+                index = min(int(np.exp(tree.logprob[child]) * self.BINS), self.BINS - 1)
+                self.trials[index] += 1
+                self.hits[index] += child == matched
 
     def table(self) -> tuple:
         rates = (self.hits + self.prior * self.prior_weight) / (self.trials + self.prior_weight)

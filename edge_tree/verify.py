@@ -63,69 +63,65 @@ def _child_with_token(tree: TokenTree, kids: list[int], token: int) -> int | Non
     return None
 
 
-def verify_greedy(tree: TokenTree, logits_of: LogitsOf) -> Verdict:
+def _walk(tree: TokenTree, step) -> Verdict:
+    """Descend from the root while the target takes a child. step(node, kids, target_prob) notes
+    the target's probabilities of the children and returns (child taken or None, token)."""
     kids = tree.children()
     target_prob = np.full(tree.n, np.nan)
     accepted: list[int] = []
     node = 0
     while True:
-        logits = logits_of(node)
-        best = int(np.argmax(logits))
-        if kids[node]:
-            _note_children_softmax(target_prob, kids[node], tree, logits)
-        child = _child_with_token(tree, kids[node], best)
+        child, token = step(node, kids[node], target_prob)
         if child is None:
-            return Verdict(accepted, best, target_prob)
+            return Verdict(accepted, token, target_prob)
         accepted.append(child)
         node = child
+
+
+def verify_greedy(tree: TokenTree, logits_of: LogitsOf) -> Verdict:
+    def step(node, kids, target_prob):
+        logits = logits_of(node)
+        best = int(np.argmax(logits))
+        if kids:
+            _note_children_softmax(target_prob, kids, tree, logits)
+        return _child_with_token(tree, kids, best), best
+
+    return _walk(tree, step)
 
 
 def verify_deterministic_tree(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
                               rng: np.random.Generator) -> Verdict:
     """Children chosen without randomness: sampling x ~ p and descending on a match is exact."""
-    kids = tree.children()
-    target_prob = np.full(tree.n, np.nan)
-    accepted: list[int] = []
-    node = 0
-    while True:
+    def step(node, kids, target_prob):
         p = distribution(logits_of(node), params)
-        _note_children(target_prob, kids[node], tree, p)
+        _note_children(target_prob, kids, tree, p)
         x = sample(p, rng)
-        child = _child_with_token(tree, kids[node], x)
-        if child is None:
-            return Verdict(accepted, x, target_prob)
-        accepted.append(child)
-        node = child
+        return _child_with_token(tree, kids, x), x
+
+    return _walk(tree, step)
 
 
 def verify_sampled_tree(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
                         rng: np.random.Generator, draft_probs: dict[int, np.ndarray]) -> Verdict:
     """Children drawn from q without replacement, tried in draw order: accept child c with
     probability min(1, p(c)/q(c)); on rejection p <- norm(max(0, p - q)) and q loses c."""
-    kids = tree.children()
-    target_prob = np.full(tree.n, np.nan)
-    accepted: list[int] = []
-    node = 0
-    while True:
+    def step(node, kids, target_prob):
         p = distribution(logits_of(node), params)
-        _note_children(target_prob, kids[node], tree, p)
-        q = draft_probs[node].copy() if kids[node] else None
-        child = None
-        for c in kids[node]:
+        _note_children(target_prob, kids, tree, p)
+        q = draft_probs[node].copy() if kids else None
+        for c in kids:
             x = int(tree.token[c])
             if q[x] > 0 and rng.random() * q[x] < p[x]:
-                child = c
-                break
+                return c, x
             p = _residual(p, q)
             q[x] = 0.0
             total = q.sum()
             if total <= 0:
                 break
             q /= total
-        if child is None:
-            return Verdict(accepted, sample(p, rng), target_prob)
-        accepted.append(child)
-        node = child
+        return None, sample(p, rng)
+
+    return _walk(tree, step)
 
 
 def _residual(p: np.ndarray, q: np.ndarray) -> np.ndarray:
