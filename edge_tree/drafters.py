@@ -294,9 +294,12 @@ class HybridDrafter:
         tree = proposal.tree
         end = tree.best_leaf()
         path = [int(tree.token[i]) for i in tree.path(end)]
-        tail, _ = ngram.lookup(tokens + path, shape.ngram_len)
-        tree.graft(tail, NGRAM, at=end)
-        tree.graft(guess, NGRAM)
+        # guesses cost verify slots: only long context matches are worth them
+        tail, tail_match = ngram.lookup(tokens + path, shape.ngram_len)
+        if tail_match >= self.STRONG_MATCH:
+            tree.graft(tail, NGRAM, at=end)
+        if match >= self.STRONG_MATCH:
+            tree.graft(guess, NGRAM)
         return proposal
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
