@@ -43,11 +43,10 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     Filters apply in llama.cpp's default order (top-k, top-p, min-p, then temperature on what
     is left); min-p and top-p are judged on the untempered distribution as llama.cpp does.
     """
-    logits = logits.astype(np.float64)
     keep = np.arange(logits.size)
     if 0 < params.top_k < logits.size:
-        keep = np.argpartition(-logits, params.top_k - 1)[: params.top_k]
-    kept_logits = logits[keep]
+        keep = top_k_indices(logits, params.top_k)
+    kept_logits = logits[keep].astype(np.float64)
     order = np.argsort(-kept_logits, kind="stable")
     keep, kept_logits = keep[order], kept_logits[order]
     probs = np.exp(kept_logits - kept_logits[0])
@@ -64,6 +63,20 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     dense = np.zeros(logits.size, dtype=np.float64)
     dense[keep] = scaled / scaled.sum()
     return dense
+
+
+def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
+    """The k largest logits' indices, exactly: the top k all lie within some window below the
+    peak, so partition only the few tokens there (a 262k-wide argpartition costs 2.4 ms)."""
+    peak = float(logits.max())
+    window = 2.0
+    near = np.flatnonzero(logits >= peak - window)
+    while near.size < k:
+        window *= 2
+        near = np.flatnonzero(logits >= peak - window)
+    if near.size > k:
+        near = near[np.argpartition(-logits[near], k - 1)[:k]]
+    return near
 
 
 def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
