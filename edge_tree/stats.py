@@ -47,7 +47,9 @@ class RunStats:
 
     @property
     def acceptance_by_depth(self) -> list[float]:
-        return [a / o if o else 0.0 for a, o in zip(self.accepted_by_depth, self.offered_by_depth)]
+        """Up to the deepest depth the walk ever tried (deeper drafted nodes were never reached)."""
+        tried = [o for o in self.offered_by_depth if o]
+        return [a / o for a, o in zip(self.accepted_by_depth, self.offered_by_depth[:len(tried)])]
 
     def finish(self, prompt_tokens: int, tokens: int, wall_s: float, seed: int, stop: str,
                offload: dict) -> None:
