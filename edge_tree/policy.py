@@ -91,12 +91,11 @@ class FixedPolicy:
 @dataclass
 class CostModel:
     """Seconds per llama_decode of n tokens (measured points, linear in between and beyond), plus
-    the host's numpy work per drafted node and per round."""
+    the host's numpy work per drafted node."""
 
     verify_points: dict[int, float]
     draft_points: dict[int, float]
     host_per_node: float = 0.0
-    host_per_round: float = 0.0
 
     def __post_init__(self):
         # tabulated for every batch size a tree can have: the policy asks thousands of times
@@ -211,7 +210,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
 def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel) -> float:
     """Expected generated tokens per second: (accepted + the bonus token) / the round's time."""
     seconds = (sum(cost.draft_s(c) for c in calls) + cost.verify_s(1 + nodes)
-               + cost.host_per_node * (sum(calls) + nodes) + cost.host_per_round)
+               + cost.host_per_node * (sum(calls) + nodes))
     return (accepted + 1.0) / seconds
 
 
