@@ -254,13 +254,14 @@ class DraftModelDrafter:
 
 
 class HybridDrafter:
-    """The draft model's tree plus prompt-lookup guesses (free: no model call): the context's
-    continuation of the draft's favourite branch is grafted below its end, and the continuation
-    of the committed text beside the draft's first level.
+    """The draft model's tree plus prompt-lookup guesses (text found earlier in the context).
 
-    While guesses keep landing (a streak) and the context match is long, a round uses the guess
-    alone and the draft model sits out; its cache catches up in one batched call when it is next
-    needed. Under sampling with drawn children the tree must hold draws only: no guesses there.
+    Where the context match is long: the draft checks the guess in its first call (levels where
+    it agrees cost no further call), the context's continuation of the draft's favourite branch
+    is grafted below its end, and the guess itself beside the draft's first level.
+    While guesses keep landing (a streak), a round uses the guess alone and the draft model sits
+    out; its cache catches up in one batched call when it is next needed. Under sampling with
+    drawn children the tree must hold draws only: no guesses there.
     """
 
     STREAK = 2  # accepted guessed tokens that make the next round a guess-only round

@@ -89,3 +89,16 @@ def test_full_tree_rejects_adding_past_capacity():
     t.add(1, 0, 0.0, 0)
     with pytest.raises(ValueError):
         t.add(2, 0, 0.0, 1)
+
+
+def test_prompt_lookup_takes_the_latest_longest_match():
+    from edge_tree.ngram import lookup
+
+    #            0  1  2  3  4  5  6  7  8  9 10 11
+    context = [5, 6, 7, 1, 9, 6, 7, 2, 3, 4, 6, 7]
+    guess, match = lookup(context, 3)
+    assert (guess, match) == ([2, 3, 4], 2)  # "6 7" last seen at 5-6, followed by 2 3 4
+    guess, match = lookup(context + [2, 3], 2)  # "6 7 2 3" (at 5-8) beats any shorter match
+    assert (guess, match) == ([4, 6], 4)
+    assert lookup([1, 2, 3, 4], 5) == ([], 0)  # the suffix never occurred before
+    assert lookup(context, 0) == ([], 0)
