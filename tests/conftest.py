@@ -55,3 +55,23 @@ def dot_program() -> str:
     dot = shutil.which("dot")
     assert dot, "Graphviz's dot program is not installed (apt-get install graphviz)"
     return dot
+
+
+@pytest.fixture(scope="session")
+def bad_model_files(tmp_path_factory, tiny_target) -> dict:
+    """Paths that hold no loadable model, each with a fragment its one-line error must contain."""
+    d = tmp_path_factory.mktemp("bad-models")
+    not_gguf = d / "notes.gguf"
+    not_gguf.write_text("just some text, not a model\n")
+    cut = d / "cut.gguf"
+    data = tiny_target.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    empty = d / "empty.gguf"
+    empty.write_bytes(b"")
+    return {
+        "missing": (d / "missing.gguf", "not found"),
+        "dir": (d, "directory"),
+        "not_gguf": (not_gguf, "not a GGUF"),
+        "empty": (empty, "GGUF"),
+        "cut": (cut, "truncated"),
+    }

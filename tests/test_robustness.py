@@ -60,22 +60,11 @@ def write_gguf(path: Path, arch: str, tensors: bool = True) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bad_models(tmp_path_factory, tiny_target):
-    d = tmp_path_factory.mktemp("bad-models")
-    not_gguf = d / "notes.gguf"
-    not_gguf.write_text("just some text\n")
-    cut = d / "cut.gguf"
-    cut.write_bytes(tiny_target.read_bytes()[:200_000])
-    empty = d / "empty.gguf"
-    empty.write_bytes(b"")
-    return {
-        "missing": (d / "missing.gguf", "not found"),
-        "dir": (d, "directory"),
-        "not_gguf": (not_gguf, "not a GGUF"),
-        "empty": (empty, "GGUF"),
-        "cut": (cut, "truncated"),
-        "no_tensors": (write_gguf(d / "vocab-only.gguf", "llama", tensors=False), "no tensors"),
-    }
+def bad_models(tmp_path_factory, bad_model_files):
+    """conftest's bad model files, plus a GGUF with metadata but no tensors."""
+    d = tmp_path_factory.mktemp("no-tensors")
+    no_tensors = write_gguf(d / "vocab-only.gguf", "llama", tensors=False)
+    return {**bad_model_files, "no_tensors": (no_tensors, "no tensors")}
 
 
 # -- 1. model files ------------------------------------------------------------------------------
