@@ -75,3 +75,13 @@ def bad_model_files(tmp_path_factory, tiny_target) -> dict:
         "empty": (empty, "GGUF"),
         "cut": (cut, "truncated"),
     }
+
+
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    """Engines write cost measurements to the user cache: keep the tests' own out of it (the
+    demo models stay where they are: tests that need them do not use this)."""
+    cache = tmp_path_factory.getbasetemp() / "private-cache"
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache

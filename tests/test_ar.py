@@ -20,7 +20,7 @@ STATS_KEYS = {"tokens", "wall_s", "tokens_per_s", "prompt_tokens", "rounds", "ta
 
 
 @pytest.fixture(scope="module", autouse=True)
-def private_cache(tmp_path_factory):
+def module_private_cache(tmp_path_factory):
     """Engines may write measurements to the user cache: keep the tests' own out of it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

@@ -27,12 +27,9 @@ ORIGINAL_ENV = dict(os.environ)  # before any test moves the cache elsewhere
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Engines may write measurements to the user cache: keep the tests' own out of it."""
-    cache = tmp_path_factory.getbasetemp() / "cli-cache"
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    return cache
+def _private_cache(private_cache):
+    """Every test here keeps its engines' measurements out of the user cache."""
+    return private_cache
 
 
 @pytest.fixture(scope="module")

@@ -32,12 +32,9 @@ THREADS = "1"  # a shared 2-core machine
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Engines write cost measurements to the user cache: keep the tests' own out of it."""
-    cache = tmp_path_factory.getbasetemp() / "robustness-cache"
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    return cache
+def _private_cache(private_cache):
+    """Every test here keeps its engines' measurements out of the user cache."""
+    return private_cache
 
 
 def invoke(*args, input=None):
