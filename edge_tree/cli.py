@@ -170,17 +170,12 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
 def _check_options(max_tokens, max_time, ctx_size, threads, temperature, top_k, top_p, min_p,
                    max_depth, max_nodes_per_level, max_total_nodes) -> None:
     """The engine's own option checks, made before a model (or the demo pair) loads."""
+    from .engine import check_load_options, check_run_options
     from .policy import validate_caps
     from .sampling import SamplingParams
 
-    if max_tokens < 1:
-        raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
-    if max_time is not None and max_time <= 0:
-        raise UsageError("--max-time", f"must be > 0 seconds, got {max_time}")
-    if ctx_size < 16:
-        raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
-    if threads is not None and threads < 1:
-        raise UsageError("--threads", f"must be at least 1, got {threads}")
+    check_run_options(max_tokens, max_time)
+    check_load_options(ctx_size, threads)
     SamplingParams(temperature, top_k, top_p, min_p).validate()
     validate_caps(max_depth, max_nodes_per_level, max_total_nodes)
 

@@ -72,6 +72,11 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, logits[top].astype(np.float64) - log_norm
 
 
+def prob_bin(logprob: float, n_bins: int) -> int:
+    """Which of n_bins equal slices of [0, 1] a token's draft probability falls in."""
+    return min(int(np.exp(logprob) * n_bins), n_bins - 1)
+
+
 class DraftModelDrafter:
     """A small model proposes the tree, one batched llama_decode per level.
 
@@ -83,6 +88,8 @@ class DraftModelDrafter:
     decode gives the draft's logits all along it, so wherever the draft's own choices follow the
     guess, those levels cost no further draft call.
     """
+
+    GUESS_SEQ = 1
 
     def __init__(self, ctx: Context, children: str = "topk"):
         self.ctx = ctx
@@ -99,8 +106,6 @@ class DraftModelDrafter:
 
     def close(self) -> None:
         self.batch.close()
-
-    GUESS_SEQ = 1
 
     def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
                 rng: np.random.Generator, guess: list[int] | None = None) -> Proposal:
@@ -166,14 +171,15 @@ class DraftModelDrafter:
                 self._node_seq[node] = self.GUESS_SEQ
 
     def _best_level(self, tree, frontier, shape, room, params, draft_probs) -> list[int]:
-        """Top-`branch` children of every frontier node, the best `room` of them by cum log-prob."""
+        """Top-`branch` children of every frontier node worth a verify slot, the `room` most
+        likely to be reached (ties: the draft's cumulative log-prob)."""
         pool = []
+        floor = np.log(shape.min_node_prob) if shape.min_node_prob > 0 else -np.inf
         for node, logits in frontier.items():
             if not params.greedy:  # rank by q, the draft's distribution under the same settings
                 draft_probs[node] = distribution(logits, params)
                 logits = np.log(np.maximum(draft_probs[node], 1e-300)).astype(np.float32)
             tokens, logprobs = top_candidates(logits, shape.branch)
-            floor = np.log(shape.min_node_prob) if shape.min_node_prob > 0 else -np.inf
             for rank, (token, lp) in enumerate(zip(tokens, logprobs)):
                 reach = self._reach[node] + self._log_accept(float(lp), shape)
                 if lp > -1e30 and reach >= floor:
@@ -193,8 +199,7 @@ class DraftModelDrafter:
         if not shape.accept_table:
             return logprob
         table = shape.accept_table
-        index = min(int(np.exp(logprob) * len(table)), len(table) - 1)
-        return float(np.log(max(table[index], 1e-9)))
+        return float(np.log(max(table[prob_bin(logprob, len(table))], 1e-9)))
 
     def _draw_level(self, tree, frontier, shape, room, params, rng, draft_probs) -> list[int]:
         """Children drawn from q without replacement. How many each node gets is fixed from the

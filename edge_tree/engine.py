@@ -16,8 +16,8 @@ import numpy as np
 from . import llama
 from .drafters import DraftModelDrafter, HybridDrafter, Proposal, TreeShape
 from .errors import EdgeTreeError, UsageError
-from .modelfile import check_gguf
 from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
+from .modelfile import check_gguf
 from .policy import AdaptivePolicy, CostModel, FixedPolicy, Policy, validate_caps
 from .sampling import SamplingParams
 from .stats import RunStats
@@ -31,6 +31,20 @@ MODES = ("ar", "chain", "tree")
 NGRAM_LEN = 10  # longest prompt-lookup guess grafted onto a tree
 POLICIES = ("adaptive", "fixed")
 CONTEXT_FULL = ("error", "stop")
+
+
+def check_load_options(ctx_size: int, threads: int | None) -> None:
+    if ctx_size < 16:
+        raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
+    if threads is not None and threads < 1:
+        raise UsageError("--threads", f"must be at least 1, got {threads}")
+
+
+def check_run_options(max_tokens: int, max_time: float | None) -> None:
+    if max_tokens < 1:
+        raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
+    if max_time is not None and max_time <= 0:
+        raise UsageError("--max-time", f"must be > 0 seconds, got {max_time}")
 
 
 @dataclass
@@ -49,10 +63,7 @@ class Engine:
                  draft_n_gpu_layers: int = 0, threads: int | None = None, ctx_size: int = 4096,
                  verbose: bool = False, children: str = "sampled", policy: str = "adaptive"):
         llama.set_verbose(verbose)
-        if ctx_size < 16:
-            raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
-        if threads is not None and threads < 1:
-            raise UsageError("--threads", f"must be at least 1, got {threads}")
+        check_load_options(ctx_size, threads)
         self.target_path = str(check_gguf(target, "target"))
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         self._closers: list[Callable[[], None]] = []
@@ -123,10 +134,7 @@ class Engine:
         ngram: in tree mode, graft prompt-lookup guesses onto the draft's tree."""
         mode = self._check_mode(mode)
         params = SamplingParams(temperature, top_k, top_p, min_p, seed).validate()
-        if max_tokens < 1:
-            raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
-        if max_time is not None and max_time <= 0:
-            raise UsageError("--max-time", f"must be > 0 seconds, got {max_time}")
+        check_run_options(max_tokens, max_time)
         if context_full not in CONTEXT_FULL:
             raise UsageError("--context-full", f"must be one of {', '.join(CONTEXT_FULL)}")
         caps = validate_caps(max_depth, max_nodes_per_level, max_total_nodes)

@@ -9,11 +9,14 @@ from typing import Protocol
 import numpy as np
 
 from . import llama
-from .drafters import TreeShape
+from .drafters import TreeShape, prob_bin
 from .errors import UsageError
 from .tree import DRAFT
 
 CHAIN_DEPTH = 8
+# The most drafted nodes a plan uses: every leaf is a sequence of the target's cache
+# (llama.cpp's LLAMA_MAX_SEQ is 256), and the engine keeps room beside them for a guess branch.
+MAX_PLANNED_NODES = 254
 # A CPU-sized default: one main branch decoded per level, with the draft's runner-up kept as a
 # free sibling leaf (its logits are already computed; it only costs a verify slot).
 DEFAULT_TREE = TreeShape(max_depth=8, max_nodes_per_level=2, max_total_nodes=16, branch=2, expand=1)
@@ -178,7 +181,7 @@ class ProbCalibration:
     def observe(self, tree, verdict) -> None:
         for children, matched in visited_children(tree, verdict):
             for child in children:
-                index = min(int(np.exp(tree.logprob[child]) * self.BINS), self.BINS - 1)
+                index = prob_bin(float(tree.logprob[child]), self.BINS)
                 self.trials[index] += 1
                 self.hits[index] += child == matched
 
@@ -226,7 +229,7 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
     the best tree grows: the drafter grows nodes at least that likely, however deep."""
     max_depth = min(caps.max_depth or 16, 16)
     per_level_cap = caps.max_nodes_per_level or 64
-    total_cap = min(caps.max_total_nodes or 254, 254)
+    total_cap = min(caps.max_total_nodes or MAX_PLANNED_NODES, MAX_PLANNED_NODES)
     best, best_rate = chain_shape(Caps(max_depth=1)), 0.0
     for branch, expand in itertools.product((1, 2, 3, 4), (1, 2, 3, 4, 6, 8, 12, 16)):
         per_level = min(per_level_cap, branch * expand)
@@ -287,7 +290,8 @@ class AdaptivePolicy:
         # The plan's depth is what an average stretch of text affords; confident stretches may go
         # deeper and doubtful ones stop sooner, node by node, against the plan's floors.
         depth = min(caps.max_depth or DYNAMIC_DEPTH, DYNAMIC_DEPTH)
-        total = min(caps.max_total_nodes or 254, max(shape.max_total_nodes, depth * shape.max_nodes_per_level))
+        total = min(caps.max_total_nodes or MAX_PLANNED_NODES,
+                    max(shape.max_total_nodes, depth * shape.max_nodes_per_level))
         return replace(shape, max_depth=depth, max_total_nodes=total,
                        min_expand_prob=shape.min_expand_prob * EXPAND_SLACK,
                        min_node_prob=slot_floor(shape_rate(shape, pi, self.cost), self.cost),

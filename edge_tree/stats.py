@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass
 class RunStats:
     mode: str
     temperature: float
-    rounds: int = 0
-    target_passes: int = 0
+    rounds: int = 0  # one target pass each
     draft_calls: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -25,7 +25,6 @@ class RunStats:
     def add_round(self, proposal, verdict, verify_s: float) -> None:
         tree = proposal.tree
         self.rounds += 1
-        self.target_passes += 1
         self.draft_calls += proposal.draft_calls
         self.drafted += tree.n_drafted
         self.accepted += len(verdict.accepted)
@@ -66,13 +65,13 @@ class RunStats:
             "seed": seed,
             "stop_reason": stop,
             "rounds": self.rounds,
-            "target_passes": self.target_passes,
-            "target_passes_per_token": round(self.target_passes / tokens, 4) if tokens else None,
+            "target_passes": self.rounds,
+            "target_passes_per_token": round(self.rounds / tokens, 4) if tokens else None,
             "draft_calls": self.draft_calls,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else None,
-            "mean_accepted_per_pass": round(self.accepted / max(self.target_passes, 1), 4),
+            "mean_accepted_per_pass": round(self.accepted / max(self.rounds, 1), 4),
             "acceptance_by_depth": [round(x, 4) for x in self.acceptance_by_depth],
             "draft_s": round(self.draft_s, 4),
             "verify_s": round(self.verify_s, 4),
