@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import click
 
 from .errors import EdgeTreeError, UsageError
+from .progress import Progress
 
 DEFAULT_MODES = "ar,chain:4,chain:8,tree"
 DEFAULT_MAX_TOKENS = 64
@@ -342,26 +343,6 @@ def _same_text(ours: str, theirs: str | None) -> bool | None:
 
 # -- the run -------------------------------------------------------------------------------------
 
-class _Progress:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def start(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"[bench] {text} ...")
-            sys.stderr.flush()
-
-    def end(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f" {text}\n")
-            sys.stderr.flush()
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"[bench] {text}\n")
-            sys.stderr.flush()
-
-
 @dataclass(frozen=True)
 class _Entry:
     label: str
@@ -410,7 +391,7 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
         entries += [_Entry(name, "speculative", n_draft=k, n_parallel=np_)
                     for name, k, np_ in SPEC_CONFIGS]
 
-    log = _Progress(progress)
+    log = Progress(progress, "[bench]")
     t_start = time.perf_counter()
     log.start(f"loading {Path(target).name}" + (f" + draft {Path(draft).name}" if draft else ""))
     t0 = time.perf_counter()

