@@ -25,7 +25,7 @@ def decode_costs(ctx: llama.Context, sizes, repeats: int = REPEATS) -> dict[int,
     """Seconds for one decode of n chained tokens with logits for all, for each n in sizes."""
     sizes = [n for n in sizes if n <= min(ctx.n_batch, ctx.n_ctx)]
     costs = {}
-    with llama.Batch(max(sizes), 1) as batch:
+    with ctx.new_batch(max(sizes), 1) as batch:
         for n in sizes:
             best = float("inf")
             for _ in range(repeats + 1):  # the first run also warms caches and allocators

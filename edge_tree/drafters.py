@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from . import ngram
-from .llama import Batch, Context
+from .llama import Context
 from .sampling import SamplingParams, distribution, sample_without_replacement
 from .tree import NGRAM, TokenTree
 from .verify import Verdict
@@ -87,15 +87,21 @@ class DraftModelDrafter:
     A guess (prompt lookup) rides along with the round's first call, in seq 1: one batched
     decode gives the draft's logits all along it, so wherever the draft's own choices follow the
     guess, those levels cost no further draft call.
+
+    A reduced-vocab draft (draft_vocab.py) scores only the target ids in `ids`: its logits are
+    indexed by position in ids, and q is widened back to the target's n_vocab for the verifier.
     """
 
     GUESS_SEQ = 1
 
-    def __init__(self, ctx: Context, children: str = "topk"):
+    def __init__(self, ctx: Context, children: str = "topk", ids: np.ndarray | None = None,
+                 n_vocab: int | None = None):
         self.ctx = ctx
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
+        self.ids = ids
+        self.n_vocab = n_vocab or ctx.model.n_vocab
         self.max_expanded = ctx.n_seq_max - 2  # seq 0 is committed, seq 1 the guess
-        self.batch = Batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
+        self.batch = ctx.new_batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
         self.n_cached = 0  # committed tokens present in seq 0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
@@ -177,10 +183,11 @@ class DraftModelDrafter:
         floor = np.log(shape.min_node_prob) if shape.min_node_prob > 0 else -np.inf
         for node, logits in frontier.items():
             if not params.greedy:  # rank by q, the draft's distribution under the same settings
-                draft_probs[node] = distribution(logits, params)
-                logits = np.log(np.maximum(draft_probs[node], 1e-300)).astype(np.float32)
+                q = distribution(logits, params)
+                draft_probs[node] = self._widen(q)
+                logits = np.log(np.maximum(q, 1e-300)).astype(np.float32)
             tokens, logprobs = top_candidates(logits, shape.branch)
-            for rank, (token, lp) in enumerate(zip(tokens, logprobs)):
+            for rank, (token, lp) in enumerate(zip(self._target_ids(tokens), logprobs)):
                 reach = self._reach[node] + self._log_accept(float(lp), shape)
                 if lp > -1e30 and reach >= floor:
                     pool.append((reach, tree.cum_logprob[node] + lp, node, int(token), float(lp), rank))
@@ -216,12 +223,24 @@ class DraftModelDrafter:
             if counts[node] == 0:
                 continue
             q = distribution(frontier[node], params)
-            draft_probs[node] = q
-            for rank, token in enumerate(sample_without_replacement(q, counts[node], rng)):
-                lp = float(np.log(q[token]))
+            draft_probs[node] = self._widen(q)
+            drawn = sample_without_replacement(q, counts[node], rng)
+            for rank, (index, token) in enumerate(zip(drawn, self._target_ids(drawn))):
+                lp = float(np.log(q[index]))
                 level.append(self._add(tree, self._reach[node] + self._log_accept(lp, shape),
                                        int(token), node, lp, rank))
         return level
+
+    def _target_ids(self, indices: np.ndarray) -> np.ndarray:
+        return indices if self.ids is None else self.ids[indices]
+
+    def _widen(self, q: np.ndarray) -> np.ndarray:
+        """q over the target's whole vocabulary (zero outside a reduced draft's tokens)."""
+        if self.ids is None:
+            return q
+        full = np.zeros(self.n_vocab, q.dtype)
+        full[self.ids] = q
+        return full
 
     def _nodes_to_expand(self, tree, level, shape) -> list[int]:
         budget = min(shape.expand, self.max_expanded - (self._next_seq - self.GUESS_SEQ - 1))

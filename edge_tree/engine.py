@@ -13,9 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from . import draft_vocab as draft_vocabs
 from . import llama
 from .drafters import DraftModelDrafter, HybridDrafter, Proposal, TreeShape
 from .errors import EdgeTreeError, UsageError
+from .demo import cache_dir
 from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
 from .modelfile import check_gguf
 from .policy import AdaptivePolicy, CostModel, FixedPolicy, Policy, validate_caps
@@ -40,6 +42,19 @@ def check_load_options(ctx_size: int, threads: int | None) -> None:
         raise UsageError("--threads", f"must be at least 1, got {threads}")
 
 
+def check_draft_vocab(size: int | str) -> int | str:
+    """"auto", "full", or a number of tokens (at least 2: a token and end-of-generation)."""
+    if size in ("auto", "full"):
+        return size
+    try:
+        tokens = int(size)
+    except (TypeError, ValueError):
+        tokens = 0
+    if tokens < 2:
+        raise UsageError("--draft-vocab", f"must be auto, full, or a number of tokens >= 2, got {size!r}")
+    return tokens
+
+
 def check_run_options(max_tokens: int, max_time: float | None) -> None:
     if max_tokens < 1:
         raise UsageError("--max-tokens", f"must be at least 1, got {max_tokens}")
@@ -61,25 +76,35 @@ class Engine:
 
     def __init__(self, target: str, draft: str | None = None, *, n_gpu_layers: int = 0,
                  draft_n_gpu_layers: int = 0, threads: int | None = None, ctx_size: int = 4096,
-                 verbose: bool = False, children: str = "sampled", policy: str = "adaptive"):
+                 verbose: bool = False, children: str = "sampled", policy: str = "adaptive",
+                 draft_vocab: int | str = "auto"):
         llama.set_verbose(verbose)
         check_load_options(ctx_size, threads)
+        draft_vocab = check_draft_vocab(draft_vocab)
         self.target_path = str(check_gguf(target, "target"))
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         self._closers: list[Callable[[], None]] = []
         try:
             self.target_model = self._keep(llama.Model(self.target_path, n_gpu_layers))
-            self.draft_model = None
+            self.draft_model = self.draft_vocab = None
             if self.draft_path:
                 self.draft_model = self._keep(llama.Model(self.draft_path, draft_n_gpu_layers))
                 check_vocab(self.target_model, self.draft_model)
+                self.draft_vocab = draft_vocabs.load(self.draft_model, draft_vocab, cache_dir(),
+                                                     threads, draft_n_gpu_layers)
+                if self.draft_vocab:  # the reduced copy replaces the full draft
+                    self.draft_model.close()
+                    self.draft_model = self._keep(self.draft_vocab.model)
             n_seq = llama.max_parallel_sequences()
             self.target_ctx = self._keep(llama.Context(self.target_model, ctx_size, n_seq, threads=threads))
             self.target = self._keep(TargetRunner(self.target_ctx))
             self.drafter = self.hybrid = None
             if self.draft_model:
-                self.draft_ctx = self._keep(llama.Context(self.draft_model, ctx_size, n_seq, threads=threads))
-                self.drafter = self._keep(DraftModelDrafter(self.draft_ctx, children))
+                reduced = self.draft_vocab
+                self.draft_ctx = self._keep(llama.Context(self.draft_model, ctx_size, n_seq, threads=threads,
+                                                          embed=reduced and reduced.embed))
+                self.drafter = self._keep(DraftModelDrafter(self.draft_ctx, children, reduced and reduced.ids,
+                                                            reduced and reduced.full_vocab))
                 self.hybrid = HybridDrafter(self.drafter)
             self.policy = self._make_policy(policy)
         except BaseException:

@@ -10,7 +10,7 @@ import collections
 import ctypes
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,6 +87,7 @@ class Model:
         self.bos = int(C.llama_vocab_bos(self._vocab))
         self.eos = int(C.llama_vocab_eos(self._vocab))
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
+        self.n_embd = int(C.llama_model_n_embd(self._ptr))
         self.vocab_type = int(C.llama_vocab_type(self._vocab))
 
     # -- metadata -------------------------------------------------------------------------
@@ -157,13 +158,19 @@ class Model:
 
 
 class Batch:
-    """A reusable llama_batch: each token has a position, a list of seq ids and a logits flag."""
+    """A reusable llama_batch: each token has a position, a list of seq ids and a logits flag.
 
-    def __init__(self, capacity: int, n_seq_max: int):
+    With n_embd > 0 the batch carries input embeddings instead of token ids: add() still takes
+    a token id, and the context fills in its embedding row when it decodes (see Context).
+    """
+
+    def __init__(self, capacity: int, n_seq_max: int, n_embd: int = 0):
         self.capacity = capacity
         self.n_seq_max = n_seq_max
-        self._raw = C.llama_batch_init(capacity, 0, n_seq_max)
+        self._raw = C.llama_batch_init(capacity, n_embd, n_seq_max)
         self.n_tokens = 0
+        self.tokens = np.zeros(capacity, np.int64) if n_embd else None
+        self.embd = np.ctypeslib.as_array(self._raw.embd, shape=(capacity, n_embd)) if n_embd else None
 
     def clear(self) -> None:
         self.n_tokens = 0
@@ -176,7 +183,10 @@ class Batch:
         if not 0 < len(seq_ids) <= self.n_seq_max:
             raise EdgeTreeError(f"internal: a token needs 1..{self.n_seq_max} seq ids, got {len(seq_ids)}")
         raw = self._raw
-        raw.token[i] = token
+        if self.tokens is None:
+            raw.token[i] = token
+        else:
+            self.tokens[i] = token
         raw.pos[i] = pos
         raw.n_seq_id[i] = len(seq_ids)
         seq_row = raw.seq_id[i]
@@ -188,6 +198,7 @@ class Batch:
 
     def close(self) -> None:
         if self._raw is not None:
+            self.embd = None  # a view into memory llama_batch_free releases
             C.llama_batch_free(self._raw)
             self._raw = None
 
@@ -199,10 +210,14 @@ class Batch:
 
 
 class Context:
-    """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches)."""
+    """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches).
+
+    embed: for a model whose vocabulary is a subset of the token ids it is fed (a reduced-vocab
+    draft), maps token ids to input embedding rows; the context then decodes embeddings.
+    """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
-                 threads: int | None = None):
+                 threads: int | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None):
         threads = threads or max(1, os.cpu_count() or 1)
         # llama.cpp caps a batch at the context and asserts (aborts) unless it can hold one output
         # per sequence: keep n_seq_max <= n_batch <= n_ctx.
@@ -232,10 +247,20 @@ class Context:
         self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
         self._n_vocab = model.n_vocab
+        self.embed = embed
+
+    def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
+        """A batch of the kind this context decodes: token ids, or embeddings."""
+        return Batch(capacity, n_seq_max, self.model.n_embd if self.embed else 0)
 
     def decode(self, batch: Batch) -> None:
         if batch.n_tokens == 0:
             return
+        if (batch.embd is None) != (self.embed is None):
+            raise EdgeTreeError("internal: this context decodes "
+                                f"{'embeddings' if self.embed else 'token ids'}; use new_batch()")
+        if self.embed:
+            batch.embd[:batch.n_tokens] = self.embed(batch.tokens[:batch.n_tokens])
         rc = C.llama_decode(self._ptr, batch._raw)
         if rc != 0:
             why = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}

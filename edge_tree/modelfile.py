@@ -9,6 +9,8 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from .errors import EdgeTreeError
 
 
@@ -66,9 +68,11 @@ class _HeaderReader:
             return self.string(keep)
         if vtype == 9:
             sub, n = self.take("I"), self.take("Q")
-            if sub in _SCALARS:  # fixed-size items: jump over them
-                self.pos += n * struct.calcsize(_SCALARS[sub])
-                return None
+            if sub in _SCALARS:  # fixed-size items: jump over them, or view them
+                start, self.pos = self.pos, self.pos + n * struct.calcsize(_SCALARS[sub])
+                if not keep:
+                    return None
+                return np.frombuffer(self.buf[start:self.pos], np.dtype(self.e + _SCALARS[sub]))
             if sub == 8:  # strings: hop from length prefix to length prefix
                 unpack, buf, fmt, pos = struct.unpack_from, self.buf, self.e + "Q", self.pos
                 for _ in range(n):
@@ -111,9 +115,10 @@ def _quant_name(file_type: int | None, tensor_types: dict[int, int]) -> str | No
         return f"type {qtype}"
 
 
-def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
+def describe_gguf(path: str | os.PathLike, role: str = "model", keys: tuple[str, ...] = ()) -> dict:
     """Path, size_bytes, architecture, name, quantization (file type: Q4_K_M, F32, Q4_0, ...),
-    n_params and data_end (the size a complete file has: larger than size_bytes = cut short).
+    n_params, data_end (the size a complete file has: larger than size_bytes = cut short) and
+    tensors (where each tensor's data lies); meta holds the values of the given metadata keys.
 
     Reads the header only: 0.1 s on Gemma 3's 262k-token vocabulary, where gguf.GGUFReader takes
     about 10 s because it parses every token string.
@@ -138,20 +143,24 @@ def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
             for _ in range(n_kv):
                 key = r.string()
                 vtype = r.take("I")
-                val = r.value(vtype, keep=key in _WANTED_KEYS)
-                if key in _WANTED_KEYS:
+                wanted = key in _WANTED_KEYS or key in keys
+                val = r.value(vtype, keep=wanted)
+                if wanted:
                     meta[key] = val
             n_params = 0
             elements_by_type: dict[int, int] = {}
             data_size: int | None = 0  # tensor data bytes: the furthest tensor's offset + size
+            tensors = {}
             for _ in range(n_tensors):
-                r.string(keep=False)
+                name = r.string()
                 n_dims = r.take("I")
+                dims = tuple(r.take("Q") for _ in range(n_dims))
                 n = 1
-                for _ in range(n_dims):
-                    n *= r.take("Q")
+                for d in dims:
+                    n *= d
                 qtype = r.take("I")
                 offset = r.take("Q")
+                tensors[name] = (qtype, dims, offset)
                 n_params += n
                 if n_dims >= 2:
                     elements_by_type[qtype] = elements_by_type.get(qtype, 0) + n
@@ -162,9 +171,8 @@ def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
                     data_size = max(data_size, offset + nbytes)
             alignment = meta.get("general.alignment")
             alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
-            data_end = None
-            if data_size is not None:
-                data_end = -(-r.pos // alignment) * alignment + data_size
+            data_start = -(-r.pos // alignment) * alignment
+            data_end = None if data_size is None else data_start + data_size
     except EdgeTreeError:
         raise
     except (OSError, ValueError, struct.error) as e:
@@ -182,4 +190,7 @@ def describe_gguf(path: str | os.PathLike, role: str = "model") -> dict:
         # bytes a complete file holds (None when a tensor type is unknown): a file shorter than
         # this was cut short
         "data_end": data_end,
+        # name -> (ggml type, dims (innermost first), offset of its data in the file)
+        "meta": {key: meta.get(key) for key in keys},
+        "tensors": {name: (q, dims, data_start + off) for name, (q, dims, off) in tensors.items()},
     }
