@@ -32,6 +32,7 @@ def load(target: str | None = None, draft: str | None = None, **options) -> Engi
 
         pair = ensure_demo(progress=True)
         target, draft = str(pair.target), str(draft or pair.draft)
+        options.setdefault("progress", True)  # as the demo's build: first use takes a while
     return Engine(target, draft, **options)
 
 

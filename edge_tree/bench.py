@@ -32,6 +32,7 @@ from typing import Iterable, Sequence
 import click
 
 from .errors import EdgeTreeError, UsageError
+from .options import draft_vocab_option
 from .progress import Progress
 
 DEFAULT_MODES = "ar,chain:4,chain:8,tree"
@@ -356,7 +357,7 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
               prompts: Sequence[str | dict] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
               threads: int | None = None, llama_cpp_dir: str | os.PathLike | None = None,
               progress: bool = True, *, ctx_size: int = DEFAULT_CTX_SIZE,
-              tool_timeout: float = DEFAULT_TOOL_TIMEOUT) -> dict:
+              tool_timeout: float = DEFAULT_TOOL_TIMEOUT, draft_vocab: int | str = "auto") -> dict:
     """Benchmark our modes (and llama.cpp's tools with llama_cpp_dir) on the prompts; greedy.
 
     Returns a JSON-ready dict: ``config``, ``prompts``, ``rows`` (one per mode / tool config:
@@ -396,7 +397,8 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
     log.start(f"loading {Path(target).name}" + (f" + draft {Path(draft).name}" if draft else ""))
     t0 = time.perf_counter()
     try:
-        engine = Engine(target, draft, threads=threads, ctx_size=ctx_size)
+        engine = Engine(target, draft, threads=threads, ctx_size=ctx_size, draft_vocab=draft_vocab,
+                        progress=progress)
     except BaseException:
         log.end("failed")
         raise
@@ -430,6 +432,7 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
         "target": str(target), "draft": str(draft) if draft else None,
         "modes": [s.label for s in specs], "max_tokens": max_tokens, "threads": threads,
         "ctx_size": ctx_size, "n_prompts": len(prompt_list), "temperature": 0.0,
+        "draft_vocab": engine.draft_model.n_vocab if engine.draft_model else None,
         "llama_cpp_dir": str(bin_dir) if bin_dir else None,
         "order": "every prompt runs every row in turn; the order rotates by one per prompt",
         "elapsed_s": round(time.perf_counter() - t_start, 2),
@@ -645,17 +648,20 @@ Examples:
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the full result as JSON to FILE.")
 @click.option("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT, show_default=True,
               help="Seconds before one llama.cpp run is given up (its row gets an error note).")
+@draft_vocab_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(target, draft, modes, prompts_file, max_tokens, threads, llama_cpp_dir, json_file,
-          tool_timeout, quiet):
+          tool_timeout, draft_vocab, quiet):
     """Speed of ar / chain / tree decoding (and llama.cpp's own tools) over a prompt set.
 
     Greedy, every prompt through every mode in rotating order; prints a table on stdout.
     """
     from .cli import user_errors  # imported here: cli.py imports this module
+    from .engine import check_draft_vocab
 
     with user_errors():
         specs = parse_modes(modes)  # bad modes fail before any model loads
+        check_draft_vocab(draft_vocab)
         prompts = load_prompts(prompts_file) if prompts_file else None
         if target is None:
             from .demo import ensure_demo
@@ -667,7 +673,7 @@ def bench(target, draft, modes, prompts_file, max_tokens, threads, llama_cpp_dir
         try:
             result = run_bench(target, draft, [s.label for s in specs], prompts, max_tokens, threads,
                                llama_cpp_dir=llama_cpp_dir, progress=not quiet,
-                               tool_timeout=tool_timeout)
+                               tool_timeout=tool_timeout, draft_vocab=draft_vocab)
         except KeyboardInterrupt:
             click.echo("\nedge-tree: bench interrupted", err=True)
             sys.exit(130)

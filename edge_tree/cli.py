@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .bench import bench
 from .errors import EdgeTreeError, UsageError
+from .options import draft_vocab_option
 
 GENERATE_EXAMPLES = """
 \b
@@ -88,6 +89,7 @@ def main():
 @click.option("--draft-children", type=click.Choice(["sampled", "topk"]), default="sampled",
               show_default=True, help="With --temperature > 0: children drawn from the draft "
               "(rejection sampling) or its top choices.")
+@draft_vocab_option
 @click.option("-ngl", "--n-gpu-layers", type=int, default=0, show_default=True,
               help="Target layers to offload to the GPU (-1 or 99: all).")
 @click.option("-ngld", "--draft-n-gpu-layers", type=int, default=0, show_default=True,
@@ -106,7 +108,7 @@ def main():
 @click.option("--show-tree", is_flag=True, help="Print each round's tree on stderr while text streams.")
 @click.option("--verbose", is_flag=True, help="Show llama.cpp's own logs.")
 def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p, min_p, seed,
-             max_depth, max_nodes_per_level, max_total_nodes, policy, ngram, draft_children, n_gpu_layers,
+             max_depth, max_nodes_per_level, max_total_nodes, policy, ngram, draft_children, draft_vocab, n_gpu_layers,
              draft_n_gpu_layers, threads, ctx_size, context_full, max_time, stats, stats_json,
              trace_dir, trace_format, show_tree, verbose):
     """Generate a continuation of PROMPT (or of standard input), streamed to stdout.
@@ -127,7 +129,7 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
         # everything that can be checked without a model is checked before one loads: option
         # values (exit 2), then output paths; model files next (Engine), then llama.cpp loads
         _check_options(max_tokens, max_time, ctx_size, threads, temperature, top_k, top_p, min_p,
-                       max_depth, max_nodes_per_level, max_total_nodes)
+                       max_depth, max_nodes_per_level, max_total_nodes, draft_vocab)
         formats = check_formats(trace_format, check_tools=bool(trace_dir))
         if trace_dir:
             check_trace_dir(trace_dir)
@@ -135,7 +137,7 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
             _check_writable_file(stats_json, "--stats-json")
         engine = load(target, draft, n_gpu_layers=n_gpu_layers, draft_n_gpu_layers=draft_n_gpu_layers,
                       threads=threads, ctx_size=ctx_size, verbose=verbose, children=draft_children,
-                      policy=policy)
+                      policy=policy, draft_vocab=draft_vocab, progress=True)
         settings = dict(mode=mode, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                         top_p=top_p, min_p=min_p, seed=seed, max_depth=max_depth,
                         max_nodes_per_level=max_nodes_per_level, max_total_nodes=max_total_nodes,
@@ -168,14 +170,14 @@ def generate(prompt, target, draft, mode, max_tokens, temperature, top_k, top_p,
 
 
 def _check_options(max_tokens, max_time, ctx_size, threads, temperature, top_k, top_p, min_p,
-                   max_depth, max_nodes_per_level, max_total_nodes) -> None:
+                   max_depth, max_nodes_per_level, max_total_nodes, draft_vocab) -> None:
     """The engine's own option checks, made before a model (or the demo pair) loads."""
     from .engine import check_load_options, check_run_options
     from .policy import validate_caps
     from .sampling import SamplingParams
 
     check_run_options(max_tokens, max_time)
-    check_load_options(ctx_size, threads)
+    check_load_options(ctx_size, threads, draft_vocab)
     SamplingParams(temperature, top_k, top_p, min_p).validate()
     validate_caps(max_depth, max_nodes_per_level, max_total_nodes)
 

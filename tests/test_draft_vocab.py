@@ -1,0 +1,143 @@
+"""The reduced-vocab draft (draft_vocab.py): its logits are the full draft's on its tokens, fed
+every token exactly through input embeddings; the output stays the target's own."""
+
+import math
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_tree import draft_vocab, llama
+from edge_tree.cli import main
+from edge_tree.engine import Engine
+from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
+from test_speculative import PROMPTS, assert_same_or_near_tie
+
+K = 96  # of the tiny models' 512 tokens
+
+
+def full_logits(path, tokens: list[int]) -> np.ndarray:
+    with llama.Model(path) as model, llama.Context(model, 64, threads=1) as ctx, \
+            llama.Batch(64, 1) as batch:
+        return ctx.logits(ctx.feed(batch, tokens, 0)).copy()
+
+
+def reduced_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
+    ctx = engine.draft_ctx
+    ctx.clear()
+    with ctx.new_batch(64, 1) as batch:
+        row = ctx.logits(ctx.feed(batch, tokens, 0)).copy()
+    ctx.clear()
+    engine.drafter.reset()
+    return row
+
+
+@pytest.fixture(scope="module")
+def reduced_engine(tiny_target, tiny_draft_other, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("draft-vocab-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(cache))
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512, draft_vocab=K) as e:
+        yield e
+    mp.undo()
+
+
+def test_the_reduced_draft_has_k_tokens_including_every_stop(reduced_engine):
+    ids = reduced_engine.draft_vocab.ids
+    assert reduced_engine.draft_model.n_vocab == K == len(ids)
+    assert np.all(np.diff(ids) > 0)
+    target = reduced_engine.target_model
+    stops = [t for t in range(target.n_vocab) if target.is_eog(t)]
+    assert stops and set(stops) <= set(ids.tolist())
+    assert reduced_engine.draft_vocab.embed.scale == 1.0  # llama scales no embeddings
+
+
+def test_reduced_logits_are_the_full_drafts_on_its_tokens(reduced_engine, tiny_draft_other):
+    ids = set(reduced_engine.draft_vocab.ids.tolist())
+    tokens = reduced_engine.target_model.tokenize("Zebra! the quick brown fox, 1, 2, 3")
+    assert any(t not in ids for t in tokens)  # the input holds tokens the reduced draft cannot say
+    got = reduced_logits(reduced_engine, tokens)
+    expected = full_logits(tiny_draft_other, tokens)[reduced_engine.draft_vocab.ids]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_the_reduced_copy_is_made_once_and_reused(reduced_engine, tiny_target, tiny_draft_other):
+    path = reduced_engine.draft_model.path
+    mtime = path.stat().st_mtime_ns
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_vocab=K) as e:
+        assert e.draft_model.path == path
+        np.testing.assert_array_equal(e.draft_vocab.ids, reduced_engine.draft_vocab.ids)
+    assert path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("mode", ["chain", "tree"])
+def test_greedy_output_with_a_reduced_draft_is_the_targets(reduced_engine, mode):
+    for prompt in PROMPTS:
+        reference = reduced_engine.generate(prompt, max_tokens=24, mode="ar").tokens
+        got = reduced_engine.generate(prompt, max_tokens=24, mode=mode, max_depth=4).tokens
+        assert_same_or_near_tie(reduced_engine, prompt, reference, got)
+
+
+def test_sampling_with_a_reduced_draft_keeps_the_target_distribution(reduced_engine, tiny_target):
+    with Engine(str(tiny_target), threads=1, ctx_size=64) as plain:
+        ar_counts = first_two_tokens(plain, "ar", seed0=10_000)
+    tree_counts = first_two_tokens(reduced_engine, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
+    assert len(ar_counts) > 5
+    assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
+
+
+def test_choose_ids_takes_the_most_used_and_keeps_the_stops():
+    usage = np.array([0.0, 0.5, 0.1, 0.3, 0.0, 0.1])
+    assert choose(usage, [0], 3) == [0, 1, 3]
+    assert choose(usage, [4, 0], 4) == [0, 1, 3, 4]
+    assert choose(usage, [], 3) == [1, 2, 3]  # ties go to the lower id
+
+
+def choose(usage, keep, size) -> list[int]:
+    return draft_vocab.choose_ids(usage, keep, size).tolist()
+
+
+def test_auto_reduces_only_large_vocabularies():
+    assert draft_vocab.wanted("auto", 262_144) == draft_vocab.DEFAULT_SIZE
+    assert draft_vocab.wanted("auto", 32_000) is None
+    assert draft_vocab.wanted("full", 262_144) is None
+    assert draft_vocab.wanted(1000, 512) is None  # no smaller than the vocabulary itself
+    assert draft_vocab.wanted(100, 512) == 100
+
+
+@pytest.mark.parametrize("value", ["1", "many", "-5"])
+def test_a_bad_draft_vocab_is_a_one_line_usage_error(value, tiny_target, tiny_draft_other):
+    result = CliRunner().invoke(main, ["generate", "-m", str(tiny_target), "-md", str(tiny_draft_other),
+                                       "--draft-vocab", value, "hi"])
+    assert result.exit_code == 2
+    assert "--draft-vocab" in result.output and "Traceback" not in result.output
+
+
+# -- the demo pair --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_engine(demo_pair):
+    with Engine(str(demo_pair.target), str(demo_pair.draft), threads=1, ctx_size=256) as e:
+        yield e
+
+
+@pytest.mark.demo
+def test_the_demo_draft_is_reduced_and_exact_on_its_tokens(demo_engine, demo_pair):
+    reduced = demo_engine.draft_vocab
+    assert demo_engine.draft_model.n_vocab == draft_vocab.DEFAULT_SIZE
+    assert reduced.embed.scale == pytest.approx(math.sqrt(640))  # Gemma scales token input only
+    tokens = demo_engine.target_model.tokenize("The lighthouse keeper in Zürich wrote 中文 🙂 quickly")
+    assert any(t not in set(reduced.ids.tolist()) for t in tokens)
+    got = reduced_logits(demo_engine, tokens)
+    expected = full_logits(demo_pair.draft, tokens)[reduced.ids]
+    np.testing.assert_allclose(got, expected, atol=1e-2 * np.abs(expected).max())
+    assert np.argmax(got) == np.argmax(expected)
+
+
+@pytest.mark.demo
+def test_demo_tree_with_the_reduced_draft_is_the_targets_text(demo_engine):
+    for prompt in ("The capital of France is", "def fibonacci(n):", "Here is a list of fruits:"):
+        reference = demo_engine.generate(prompt, max_tokens=40, mode="ar").tokens
+        result = demo_engine.generate(prompt, max_tokens=40, mode="tree")
+        assert_same_or_near_tie(demo_engine, prompt, reference, result.tokens)
+        assert result.stats["mean_accepted_per_pass"] > 2  # the reduced draft still drafts well
