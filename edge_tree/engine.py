@@ -135,12 +135,14 @@ class Engine:
         self.close()
 
     @property
-    def offload(self) -> dict:
+    def model_state(self) -> dict:
+        """GPU offload of both models, and how many tokens the draft may propose."""
         state = {"gpu_offload_supported": llama.supports_gpu_offload(),
                  "target_gpu_layers": self.target_model.offloaded_layers,
                  "target_layers": self.target_model.n_layer + 1}
         if self.draft_model:
-            state.update(draft_gpu_layers=self.draft_model.offloaded_layers,
+            state.update(draft_vocab=self.draft_model.n_vocab,
+                         draft_gpu_layers=self.draft_model.offloaded_layers,
                          draft_layers=self.draft_model.n_layer + 1)
         return state
 
@@ -234,7 +236,7 @@ class _Run:
         if tail and self.on_text:
             self.on_text(tail)
         self.stats.finish(len(prompt_tokens), len(self.generated), time.perf_counter() - start,
-                          seed, stop, e.offload)
+                          seed, stop, e.model_state)
         return GenerationResult(self.stream.text, self.generated, self.stats.as_dict(), self.steps, stop)
 
     def _stop_before_round(self, start: float, n_tokens: int) -> str:

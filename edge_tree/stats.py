@@ -51,7 +51,7 @@ class RunStats:
         return [a / o for a, o in zip(self.accepted_by_depth, self.offered_by_depth[:len(tried)])]
 
     def finish(self, prompt_tokens: int, tokens: int, wall_s: float, seed: int, stop: str,
-               offload: dict) -> None:
+               model_state: dict) -> None:
         decode_s = max(wall_s - self.prompt_s, 1e-9)
         busy = max(self.draft_s + self.verify_s, 1e-9)
         self.summary = {
@@ -77,7 +77,7 @@ class RunStats:
             "verify_s": round(self.verify_s, 4),
             "draft_share": round(self.draft_s / busy, 4),
             "verify_share": round(self.verify_s / busy, 4),
-            **offload,
+            **model_state,
         }
 
     def as_dict(self) -> dict:
@@ -96,7 +96,8 @@ def format_stats(stats: dict) -> str:
                      f"accepted {stats['accepted']} ({stats['acceptance_rate']:.1%}), "
                      f"{stats['mean_accepted_per_pass']:.2f} accepted per pass")
         lines.append(f"acceptance by depth: {by_depth}; time: draft {stats['draft_share']:.0%}, "
-                     f"verify {stats['verify_share']:.0%}")
+                     f"verify {stats['verify_share']:.0%}; the draft proposes from "
+                     f"{stats['draft_vocab']} tokens")
     offload = f"GPU offload: target {stats['target_gpu_layers']}/{stats['target_layers']} layers"
     if "draft_layers" in stats:
         offload += f", draft {stats['draft_gpu_layers']}/{stats['draft_layers']} layers"
