@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from edge_tree import draft_vocab, llama
 from edge_tree.cli import main
 from edge_tree.engine import Engine
+from edge_tree.errors import EdgeTreeError
 from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
 from test_speculative import PROMPTS, assert_same_or_near_tie
 
@@ -141,3 +142,14 @@ def test_demo_tree_with_the_reduced_draft_is_the_targets_text(demo_engine):
         result = demo_engine.generate(prompt, max_tokens=40, mode="tree")
         assert_same_or_near_tie(demo_engine, prompt, reference, result.tokens)
         assert result.stats["mean_accepted_per_pass"] > 2  # the reduced draft still drafts well
+
+
+def test_a_draft_that_cannot_take_embeddings_errs_when_asked_and_stays_whole_under_auto(
+        monkeypatch, tiny_target, tiny_draft_other, reduced_engine):
+    monkeypatch.setattr(draft_vocab, "input_scale", lambda *args: None)
+    with pytest.raises(EdgeTreeError, match="does not take input embeddings.*--draft-vocab full"):
+        Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_vocab=K)
+    monkeypatch.setattr(draft_vocab, "MIN_FULL_VOCAB", 0)  # make "auto" reduce the tiny draft
+    monkeypatch.setattr(draft_vocab, "DEFAULT_SIZE", K)
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64) as e:
+        assert e.draft_vocab is None and e.draft_model.n_vocab == 512
