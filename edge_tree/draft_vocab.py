@@ -33,7 +33,6 @@ DEFAULT_SIZE = 32768
 MIN_FULL_VOCAB = 4 * DEFAULT_SIZE
 IDS_KEY = "edge_tree.draft_vocab.ids"
 USAGE_SEQS, USAGE_STEPS, USAGE_SEED = 32, 64, 0  # 2,048 sampled contexts: about 15 s, once
-SPECIAL_ID_KEYS = ("bos", "eos", "unknown", "padding", "seperator", "eot", "eom", "mask")
 
 
 @dataclass
@@ -165,7 +164,8 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
           progress: bool) -> DraftVocab:
     stat = full.path.resolve().stat()
     tag = f"{full.path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}"
-    path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{hashlib.sha1(tag.encode()).hexdigest()[:10]}.gguf"
+    digest = hashlib.sha1(tag.encode()).hexdigest()[:10]
+    path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{digest}.gguf"
     if not path.exists():
         log = Progress(progress)
         log.start(f"deriving a {k}-token draft from {full.path.name} (once, into {path.parent})")

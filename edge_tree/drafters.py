@@ -89,7 +89,7 @@ class DraftModelDrafter:
     guess, those levels cost no further draft call.
 
     A reduced-vocab draft (draft_vocab.py) scores only the target ids in `ids`: its logits are
-    indexed by position in ids, and q is widened back to the target's n_vocab for the verifier.
+    indexed by position in ids, and q is widened back to the full vocabulary for the verifier.
     """
 
     GUESS_SEQ = 1
@@ -235,7 +235,7 @@ class DraftModelDrafter:
         return indices if self.ids is None else self.ids[indices]
 
     def _widen(self, q: np.ndarray) -> np.ndarray:
-        """q over the target's whole vocabulary (zero outside a reduced draft's tokens)."""
+        """q over the full vocabulary (zero outside a reduced draft's tokens)."""
         if self.ids is None:
             return q
         full = np.zeros(self.n_vocab, q.dtype)
