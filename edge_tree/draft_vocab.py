@@ -132,11 +132,19 @@ class InputTable:
     def __init__(self, path: Path, scale: float = 1.0):
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        qtype, (n_embd, n_vocab), offset = describe_gguf(path, "draft")["tensors"]["token_embd.weight"]
+        tensor = describe_gguf(path, "draft")["tensors"].get("token_embd.weight")
+        if tensor is None:
+            raise EdgeTreeError(f"draft {path.name} has no token_embd.weight to read input embeddings from")
+        qtype, (n_embd, n_vocab), offset = tensor
         self.qtype = GGMLQuantizationType(qtype)
         block, type_size = GGML_QUANT_SIZES[self.qtype]
         self.rows = np.memmap(path, np.uint8, "r", offset, (n_vocab, n_embd // block * type_size))
         self.scale = scale
+        try:
+            self(np.array([0]))
+        except NotImplementedError:
+            raise EdgeTreeError(f"draft {path.name}: the gguf package cannot read {self.qtype.name} "
+                                "embeddings; use --draft-vocab full") from None
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         from gguf.quants import dequantize
@@ -170,8 +178,12 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
         log = Progress(progress)
         log.start(f"deriving a {k}-token draft from {full.path.name} (once, into {path.parent})")
         start = time.perf_counter()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_reduced(full.path, path, choose_ids(token_usage(full, threads), must_keep(full), k))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_reduced(full.path, path, choose_ids(token_usage(full, threads), must_keep(full), k))
+        except OSError as e:
+            log.end("failed")
+            raise EdgeTreeError(f"cannot write the reduced draft {path}: {e.strerror or e}") from None
         log.end(f"{time.perf_counter() - start:.0f} s")
     ids = describe_gguf(path, "draft", (IDS_KEY,))["meta"][IDS_KEY].astype(np.int64)
     model = llama.Model(path, n_gpu_layers)

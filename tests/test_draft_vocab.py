@@ -153,3 +153,13 @@ def test_a_draft_that_cannot_take_embeddings_errs_when_asked_and_stays_whole_und
     monkeypatch.setattr(draft_vocab, "DEFAULT_SIZE", K)
     with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64) as e:
         assert e.draft_vocab is None and e.draft_model.n_vocab == 512
+
+
+def test_an_unwritable_cache_is_a_one_line_error(monkeypatch, tmp_path, tiny_target, tiny_draft_other):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "edge-tree").mkdir()
+    (tmp_path / "edge-tree" / "draft-vocab").write_text("a file where the folder should be")
+    result = CliRunner().invoke(main, ["generate", "-m", str(tiny_target), "-md", str(tiny_draft_other),
+                                       "--draft-vocab", str(K), "-n", "4", "hi"])
+    assert result.exit_code == 1
+    assert "cannot write the reduced draft" in result.output and "Traceback" not in result.output
