@@ -394,15 +394,12 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
 
     log = Progress(progress, "[bench]")
     t_start = time.perf_counter()
-    log.start(f"loading {Path(target).name}" + (f" + draft {Path(draft).name}" if draft else ""))
+    # whole lines: the engine may report progress of its own (deriving a reduced draft)
+    log.line(f"loading {Path(target).name}" + (f" + draft {Path(draft).name}" if draft else ""))
     t0 = time.perf_counter()
-    try:
-        engine = Engine(target, draft, threads=threads, ctx_size=ctx_size, draft_vocab=draft_vocab,
-                        progress=progress)
-    except BaseException:
-        log.end("failed")
-        raise
-    log.end(f"{time.perf_counter() - t0:.1f} s")
+    engine = Engine(target, draft, threads=threads, ctx_size=ctx_size, draft_vocab=draft_vocab,
+                    progress=progress)
+    log.line(f"loaded in {time.perf_counter() - t0:.1f} s")
     runs: list[dict] = []
     try:
         for s in specs:
