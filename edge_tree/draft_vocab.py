@@ -170,8 +170,9 @@ def load(full: llama.Model, size: int | str, cache: Path, threads: int | None = 
 
 def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_layers: int,
           progress: bool) -> DraftVocab:
-    stat = full.path.resolve().stat()
-    tag = f"{full.path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}"
+    source = full.path.resolve()
+    stat = source.stat()
+    tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}"
     digest = hashlib.sha1(tag.encode()).hexdigest()[:10]
     path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{digest}.gguf"
     if not path.exists():
@@ -186,13 +187,16 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
             raise EdgeTreeError(f"cannot write the reduced draft {path}: {e.strerror or e}") from None
         log.end(f"{time.perf_counter() - start:.0f} s")
     ids = describe_gguf(path, "draft", (IDS_KEY,))["meta"][IDS_KEY].astype(np.int64)
-    model = llama.Model(path, n_gpu_layers)
     table = InputTable(full.path)
-    table.scale = input_scale(model, ids, table, threads)
-    if table.scale is None:
-        model.close()
-        raise EdgeTreeError(f"draft {full.path.name}: this architecture does not take input "
-                            "embeddings the way it embeds tokens; use --draft-vocab full")
+    model = llama.Model(path, n_gpu_layers)
+    try:
+        table.scale = input_scale(model, ids, table, threads)
+        if table.scale is None:
+            raise EdgeTreeError(f"draft {full.path.name}: this architecture does not take input "
+                                "embeddings the way it embeds tokens; use --draft-vocab full")
+    except BaseException:
+        model.close()  # nobody else holds it yet
+        raise
     return DraftVocab(model, ids, table, full.n_vocab)
 
 
