@@ -50,6 +50,22 @@ def last_log_lines(n: int = 3) -> str:
     return " | ".join(list(_recent_log)[-n:])
 
 
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX tiles (Linux: the amx_* flags in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
+
+
+# llama.cpp's AMX weight buffers crash in ggml_backend_amx_mul_mat on any batch of two or more
+# tokens on some AMX machines (measured here on a Sapphire Rapids VM; llama.cpp #20824, open):
+# every tree and every chain is such a batch. Where the CPU has AMX, weights stay in plain CPU
+# buffers (no extra buffer types: no AMX, and no CPU repacking either).
+USE_EXTRA_BUFFER_TYPES = not _cpu_has_amx()
+
+
 def supports_gpu_offload() -> bool:
     return bool(C.llama_supports_gpu_offload())
 
@@ -71,6 +87,7 @@ class Model:
         self.path = Path(path)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
         _recent_log.clear()
         self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
