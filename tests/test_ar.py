@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_tree import llama
-from edge_tree.engine import Engine
+from edge_tree.llamacpp import llama
+from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError, UsageError
 
 THREADS = 1  # a shared 2-core machine: more llama.cpp threads only contend

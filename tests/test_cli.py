@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import edge_tree
 from edge_tree.cli import main
-from edge_tree.engine import Engine
+from edge_tree.core.engine import Engine
 
 THREADS = "1"  # a shared 2-core machine: more llama.cpp threads only contend
 STATS_KEYS = {"tokens", "wall_s", "tokens_per_s", "prompt_tokens", "rounds", "target_passes",

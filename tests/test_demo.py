@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_tree import demo, modelfile
+from edge_tree import files
+from edge_tree.llamacpp import demo, modelfile
 from edge_tree.errors import EdgeTreeError
 
 gguf = pytest.importorskip("gguf")
@@ -209,7 +210,7 @@ def test_interrupted_build_leaves_no_file(monkeypatch, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        demo._atomic_write(dst, build)
+        files.atomic_write(dst, build)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -217,7 +218,7 @@ def test_stale_temp_files_of_dead_runs_are_removed(tmp_path):
     dst = tmp_path / "out.gguf"
     stale = tmp_path / ".out.gguf.999999999.tmp"  # no such process
     stale.write_bytes(b"half")
-    demo._atomic_write(dst, lambda tmp: tmp.write_bytes(b"whole"))
+    files.atomic_write(dst, lambda tmp: tmp.write_bytes(b"whole"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
     assert dst.read_bytes() == b"whole"
 
@@ -229,7 +230,7 @@ PROMPT = "The capital of France is"
 
 def greedy_tokens(path: Path, n: int) -> list[int]:
     """n greedy tokens after PROMPT: one batch for the prompt, then one token per decode."""
-    from edge_tree import llama
+    from edge_tree.llamacpp import llama
 
     # One thread: on a shared 2-core machine two spinning llama.cpp threads ran 10x slower.
     with llama.Model(path) as model, llama.Context(model, n_ctx=64, threads=1) as ctx, \
@@ -272,7 +273,7 @@ def test_ensure_demo_returns_quickly_once_prepared(demo_pair):
 
 @pytest.mark.demo
 def test_demo_files_load_and_share_the_vocabulary(demo_pair):
-    from edge_tree import llama
+    from edge_tree.llamacpp import llama
 
     texts = None
     for path in demo_pair.files():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_tree import draft_vocab, llama
+from edge_tree.llamacpp import draft_vocab, llama
 from edge_tree.cli import main
-from edge_tree.engine import Engine
+from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
 from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
 from test_speculative import PROMPTS, assert_same_or_near_tie
@@ -24,12 +24,12 @@ def full_logits(path, tokens: list[int]) -> np.ndarray:
 
 
 def reduced_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
-    ctx = engine.draft_ctx
+    ctx = engine.models.draft_ctx
     ctx.clear()
     with ctx.new_batch(64, 1) as batch:
         row = ctx.logits(ctx.feed(batch, tokens, 0)).copy()
     ctx.clear()
-    engine.drafter.reset()
+    engine.models.model_drafter.start([])
     return row
 
 
@@ -44,21 +44,21 @@ def reduced_engine(tiny_target, tiny_draft_other, tmp_path_factory):
 
 
 def test_the_reduced_draft_has_k_tokens_including_every_stop(reduced_engine):
-    ids = reduced_engine.draft_vocab.ids
+    ids = reduced_engine.models.reduced.ids
     assert reduced_engine.draft_model.n_vocab == K == len(ids)
     assert np.all(np.diff(ids) > 0)
     target = reduced_engine.target_model
     stops = [t for t in range(target.n_vocab) if target.is_eog(t)]
     assert stops and set(stops) <= set(ids.tolist())
-    assert reduced_engine.draft_vocab.embed.scale == 1.0  # llama scales no embeddings
+    assert reduced_engine.models.reduced.embed.scale == 1.0  # llama scales no embeddings
 
 
 def test_reduced_logits_are_the_full_drafts_on_its_tokens(reduced_engine, tiny_draft_other):
-    ids = set(reduced_engine.draft_vocab.ids.tolist())
+    ids = set(reduced_engine.models.reduced.ids.tolist())
     tokens = reduced_engine.target_model.tokenize("Zebra! the quick brown fox, 1, 2, 3")
     assert any(t not in ids for t in tokens)  # the input holds tokens the reduced draft cannot say
     got = reduced_logits(reduced_engine, tokens)
-    expected = full_logits(tiny_draft_other, tokens)[reduced_engine.draft_vocab.ids]
+    expected = full_logits(tiny_draft_other, tokens)[reduced_engine.models.reduced.ids]
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
@@ -67,7 +67,7 @@ def test_the_reduced_copy_is_made_once_and_reused(reduced_engine, tiny_target, t
     mtime = path.stat().st_mtime_ns
     with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_vocab=K) as e:
         assert e.draft_model.path == path
-        np.testing.assert_array_equal(e.draft_vocab.ids, reduced_engine.draft_vocab.ids)
+        np.testing.assert_array_equal(e.models.reduced.ids, reduced_engine.models.reduced.ids)
     assert path.stat().st_mtime_ns == mtime
 
 
@@ -124,7 +124,7 @@ def demo_engine(demo_pair):
 
 @pytest.mark.demo
 def test_the_demo_draft_is_reduced_and_exact_on_its_tokens(demo_engine, demo_pair):
-    reduced = demo_engine.draft_vocab
+    reduced = demo_engine.models.reduced
     assert demo_engine.draft_model.n_vocab == draft_vocab.DEFAULT_SIZE
     assert reduced.embed.scale == pytest.approx(math.sqrt(640))  # Gemma scales token input only
     tokens = demo_engine.target_model.tokenize("The lighthouse keeper in Zürich wrote 中文 🙂 quickly")
@@ -152,7 +152,7 @@ def test_a_draft_that_cannot_take_embeddings_errs_when_asked_and_stays_whole_und
     monkeypatch.setattr(draft_vocab, "MIN_FULL_VOCAB", 0)  # make "auto" reduce the tiny draft
     monkeypatch.setattr(draft_vocab, "DEFAULT_SIZE", K)
     with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64) as e:
-        assert e.draft_vocab is None and e.draft_model.n_vocab == 512
+        assert e.models.reduced is None and e.draft_model.n_vocab == 512
 
 
 def test_an_unwritable_cache_is_a_one_line_error(monkeypatch, tmp_path, tiny_target, tiny_draft_other):

@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_tree import llama
+from edge_tree.llamacpp import llama
 from edge_tree.errors import EdgeTreeError
-from edge_tree.modelfile import check_gguf
+from edge_tree.llamacpp.modelfile import check_gguf
 
-llama.set_verbose(False)
 
 THREADS = 1  # a shared 2-core machine: more llama.cpp threads only contend
 ATOL = 1e-4

@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 from scipy.stats import chi2_contingency
 
-import edge_tree.engine as engine_module
-from edge_tree.engine import Engine
-from edge_tree.verify import verify_sampled_tree
+import edge_tree.core.engine as engine_module
+from edge_tree.core.engine import Engine
+from edge_tree.core.verify import verify_sampled_tree
 
 N_SAMPLES = 3000
 SETTINGS = dict(temperature=1.0, top_k=6)  # a small support keeps the 2-token table well filled
@@ -54,7 +54,7 @@ def ar_counts(tiny_target):
 def test_tree_sampling_matches_the_target_distribution(request, tiny_target, ar_counts,
                                                        draft_fixture, children):
     draft = request.getfixturevalue(draft_fixture)
-    with Engine(str(tiny_target), str(draft), threads=1, ctx_size=64, children=children) as e:
+    with Engine(str(tiny_target), str(draft), threads=1, ctx_size=64, draft_children=children) as e:
         tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
     assert len(ar_counts) > 5  # the test has a real distribution to compare
     assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
@@ -65,6 +65,6 @@ def test_the_same_test_catches_a_wrong_verifier(monkeypatch, tiny_target, tiny_d
         return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)  # p/q on top-k children
 
     monkeypatch.setattr(engine_module, "verify", wrong_verify)
-    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, children="topk") as e:
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_children="topk") as e:
         tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
     assert p_value(ar_counts, tree_counts) < SIGNIFICANCE

@@ -4,10 +4,11 @@ it is not, never worse (in its own model) than the best fixed chain, always insi
 import numpy as np
 import pytest
 
-from edge_tree.policy import (AdaptivePolicy, Caps, CostModel, RankAcceptance, best_shape,
+from edge_tree.core.policy import (AdaptivePolicy, Caps, CostModel, RankAcceptance, best_shape,
                               chain_shape, shape_rate)
-from edge_tree.tree import TokenTree
-from edge_tree.verify import Verdict
+from edge_tree.core.plan import RoundOutcome, TreeShape
+from edge_tree.core.tree import TokenTree
+from edge_tree.core.verify import Verdict
 
 # Measured on a 2-core CPU (FIELD.md section 5): F32 target verify, Q4_K_M draft, seconds.
 CPU = CostModel({1: .0416, 2: .0516, 4: .0582, 8: .0778, 16: .1036, 64: .293},
@@ -57,6 +58,12 @@ def chain_round(rank_of_match: int | None) -> tuple[TokenTree, Verdict]:
     return tree, Verdict(accepted, 99, np.full(tree.n, np.nan))
 
 
+def outcome(tree: TokenTree, verdict: Verdict) -> RoundOutcome:
+    """A round of the draft model (one call) that took 10 ms."""
+    return RoundOutcome(tree, verdict, TreeShape(), draft_calls=1, draft_s=0.004, verify_s=0.006,
+                        round_s=0.01, decode=(0.005, 0.004))
+
+
 def test_rank_acceptance_learns_which_sibling_the_target_takes():
     learned = RankAcceptance()
     for _ in range(200):
@@ -71,12 +78,12 @@ def test_rank_acceptance_learns_which_sibling_the_target_takes():
 
 def test_adaptive_policy_replans_as_acceptance_changes():
     policy = AdaptivePolicy(GPU)
-    first = policy.shape("tree", Caps())
+    first = policy.plan("tree", Caps())
     for _ in range(3 * AdaptivePolicy.REPLAN_EVERY):
-        policy.observe(*chain_round(None))  # the draft is never right
-    later = policy.shape("tree", Caps())
+        policy.observe(outcome(*chain_round(None)))  # the draft is never right
+    later = policy.plan("tree", Caps())
     # a draft that is never right is not worth growing: the bar for a draft call rises sharply,
     # and children drafted at q = 0.3 (bin 3: [0.3, 0.4)) are now expected to be rejected
     assert later.min_expand_prob > 3 * first.min_expand_prob
     assert later.accept_table[3] < 0.05 < first.accept_table[3]
-    assert policy.shape("chain", Caps(max_depth=5)).max_depth == 5
+    assert policy.plan("chain", Caps(max_depth=5)).max_depth == 5

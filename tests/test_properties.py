@@ -9,11 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_tree import Engine, llama
-from edge_tree.drafters import DraftModelDrafter, TreeShape
-from edge_tree.sampling import SamplingParams, distribution
-from edge_tree.tree import DRAFT, NGRAM, TokenTree, branch_seq_ids
-from edge_tree.verify import verify, verify_deterministic_tree, verify_greedy, verify_sampled_tree
+from edge_tree import Engine
+from edge_tree.llamacpp import llama
+from edge_tree.core.drafting import DraftRequest
+from edge_tree.core.model_drafter import DraftModelDrafter
+from edge_tree.core.plan import TreeShape
+from edge_tree.core.sampling import SamplingParams, distribution
+from edge_tree.core.tree import DRAFT, NGRAM, TokenTree, branch_seq_ids
+from edge_tree.core.verify import verify, verify_deterministic_tree, verify_greedy, verify_sampled_tree
 
 PURE = settings(max_examples=300, deadline=None)
 LLAMA = settings(max_examples=25, deadline=None,
@@ -266,7 +269,7 @@ def draft_ctx(tiny_draft_other):
 
 shapes = st.builds(TreeShape, max_depth=st.integers(1, 6), max_nodes_per_level=st.integers(1, 8),
                    max_total_nodes=st.integers(1, 30), branch=st.integers(1, 4),
-                   expand=st.integers(1, 4), ngram_len=st.just(0))
+                   expand=st.integers(1, 4), guess_nodes=st.just(0))
 
 
 @LLAMA
@@ -275,14 +278,14 @@ shapes = st.builds(TreeShape, max_depth=st.integers(1, 6), max_nodes_per_level=s
 def test_draft_trees_respect_every_budget(draft_ctx, shape, children, temperature, tokens, seed):
     drafter = DraftModelDrafter(draft_ctx, children)
     try:
-        drafter.reset()
+        drafter.start(tokens)
         params = SamplingParams(temperature=temperature)
-        proposal = drafter.propose(tokens, shape, params, np.random.default_rng(seed))
+        proposal = drafter.propose(DraftRequest(tokens, shape, params, np.random.default_rng(seed)))
     finally:
         drafter.close()
     tree = proposal.tree
     assert tree.token[0] == tokens[-1]
-    assert 0 <= tree.n_drafted <= shape.max_total_nodes + shape.ngram_len
+    assert 0 <= tree.n_drafted <= shape.max_total_nodes
     assert tree.n_drafted >= 1  # the root's logits always give a first level
     depth = tree.depth[: tree.n]
     assert depth.max() <= shape.max_depth
@@ -309,9 +312,9 @@ def engines(tiny_target, tiny_draft_other, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("prop-cache")))
         with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512,
-                    children="topk") as topk, \
+                    draft_children="topk") as topk, \
                 Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512,
-                       children="sampled", policy="fixed") as sampled:
+                       draft_children="sampled", policy="fixed") as sampled:
             yield {"topk": topk, "sampled": sampled}
 
 
@@ -333,12 +336,12 @@ def test_kv_cache_holds_exactly_the_committed_tokens(engines, which, mode, tempe
     engine = engines[which]
     result = engine.generate(prompt, mode=mode, temperature=temperature, seed=seed,
                              max_tokens=max_tokens, max_depth=max_depth,
-                             max_nodes_per_level=per_level, max_total_nodes=total)
+                             max_nodes_per_level=per_level, max_total_nodes=total, record_steps=True)
     n_prompt = result.stats["prompt_tokens"]
-    produced = sum(len(step["accepted"]) + 1 for step in result.steps)  # accepted + bonus per round
+    produced = sum(len(step.accepted) + 1 for step in result.steps)  # accepted + bonus per round
     # every produced token but the last (the next round's root) is in the target's cache
-    assert engine.target.n_cached == n_prompt + produced - 1
-    assert_only_seq_0(engine.target_ctx, engine.target.n_cached)
+    assert engine.models.target.n_cached == n_prompt + produced - 1
+    assert_only_seq_0(engine.models.target_ctx, engine.models.target.n_cached)
     # generated tokens stop at --max-tokens or EOS, possibly inside a round's tokens
     assert len(result.tokens) <= produced
     if result.stop_reason == "max_tokens":
@@ -346,17 +349,18 @@ def test_kv_cache_holds_exactly_the_committed_tokens(engines, which, mode, tempe
     else:
         assert result.stop_reason == "eos" and len(result.tokens) < produced
     if result.stop_reason != "eos":
-        assert engine.target.n_cached >= n_prompt + len(result.tokens) - 1
+        assert engine.models.target.n_cached >= n_prompt + len(result.tokens) - 1
     for step in result.steps:
-        nodes = step["nodes"]
-        drafted = len(nodes["token"]) - 2  # root and bonus excluded
-        assert drafted <= (total or 10**9) + 10  # + at most one prompt-lookup branch
-        depths = nodes["depth"][1:-1]
+        drafted = step.n - 2  # root and bonus excluded
+        depths = step.nodes.depth[1:-1]
+        # the caps are hard, prompt-lookup guesses included
+        assert drafted <= (total or 10**9) and max(depths, default=0) <= (max_depth or 10**9)
         if mode == "chain":
-            assert drafted <= (max_depth or 99) and len(set(depths)) == len(depths)
+            assert len(set(depths)) == len(depths)
     # the draft's cache: committed tokens only, in seq 0
-    assert_only_seq_0(engine.draft_ctx, engine.drafter.n_cached)
-    assert engine.drafter.n_cached <= n_prompt + produced
+    drafter = engine.models.model_drafter
+    assert_only_seq_0(engine.models.draft_ctx, drafter.n_cached)
+    assert drafter.n_cached <= n_prompt + produced
     if temperature == 0.0:  # lossless: greedy text is the target's own
         reference = engine.generate(prompt, mode="ar", max_tokens=max_tokens)
         assert result.tokens == reference.tokens[: len(result.tokens)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_tree.errors import EdgeTreeError
-from edge_tree.render import (
+from edge_tree.viz.render import (
     StepView,
     render_trace,
     step_graph,
@@ -383,7 +383,7 @@ def test_step_view_repr_svg():
 
 
 def write_trace(path: Path, recs: list[dict], summary: bool = True) -> Path:
-    from edge_tree.trace import TraceWriter
+    from edge_tree.viz.trace import TraceWriter
 
     with TraceWriter(path, report=False) as tw:
         tw.write_header({"target": "t.gguf", "draft": "d.gguf", "mode": "tree", "settings": {"budget": 32},

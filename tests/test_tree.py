@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from edge_tree.sampling import SamplingParams
-from edge_tree.tree import TokenTree, branch_seq_ids
-from edge_tree.verify import verify, verify_greedy
+from edge_tree.core.sampling import SamplingParams
+from edge_tree.core.tree import TokenTree, branch_seq_ids
+from edge_tree.core.verify import verify, verify_greedy
 
 V = 16
 
@@ -92,7 +92,7 @@ def test_full_tree_rejects_adding_past_capacity():
 
 
 def test_prompt_lookup_takes_the_latest_longest_match():
-    from edge_tree.ngram import lookup
+    from edge_tree.core.lookup import lookup
 
     #            0  1  2  3  4  5  6  7  8  9 10 11
     context = [5, 6, 7, 1, 9, 6, 7, 2, 3, 4, 6, 7]

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_tree import llama
-from edge_tree.engine import Engine
+from edge_tree.llamacpp import llama
+from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
-from edge_tree.vocab import FIRST_COMPARED_TOKEN, MAX_SIZE_DIFFERENCE, check_vocab, vocab_mismatch
+from edge_tree.llamacpp.vocab import FIRST_COMPARED_TOKEN, MAX_SIZE_DIFFERENCE, check_vocab, vocab_mismatch
 from tinymodels import DEFAULT_N_VOCAB, SPACE, tiny_vocab, write_tiny_model
 
-llama.set_verbose(False)
 
 
 def patch_token_text(src: Path, dst: Path, token_id: int) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import llama
-from .demo import cache_dir
+from ..files import cache_dir
+from ..llamacpp import llama
 
 TARGET_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DRAFT_SIZES = (1, 2, 4, 8, 16)
@@ -43,7 +43,7 @@ def decode_costs(ctx: llama.Context, sizes, repeats: int = REPEATS) -> dict[int,
 
 def host_cost_per_node(n_vocab: int, repeats: int = 5) -> float:
     """Seconds of numpy work the drafter spends per expanded node (top-k and normaliser)."""
-    from .drafters import top_candidates
+    from .model_drafter import top_candidates
 
     logits = np.random.default_rng(0).normal(size=n_vocab).astype(np.float32)
     best = float("inf")

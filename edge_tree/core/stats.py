@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..records import acceptance_by_depth
+from .plan import RoundOutcome
+
 
 @dataclass
 class RunStats:
@@ -16,50 +19,36 @@ class RunStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     prompt_s: float = 0.0
-    # per depth d (index d-1): rounds whose walk reached a node with children at depth d, and
-    # how many of those accepted a depth-d node: acceptance given the parent was accepted
-    offered_by_depth: list[int] = field(default_factory=list)
-    accepted_by_depth: list[int] = field(default_factory=list)
+    model_rounds: int = 0  # rounds that called the draft model
+    by_round: list[tuple[int, int]] = field(default_factory=list)  # (accepted, deepest drafted)
     summary: dict = field(default_factory=dict)
 
-    def add_round(self, proposal, verdict, verify_s: float) -> None:
-        tree = proposal.tree
+    def add_round(self, outcome: RoundOutcome) -> None:
+        tree = outcome.tree
         self.rounds += 1
-        self.draft_calls += proposal.draft_calls
+        self.draft_calls += outcome.draft_calls
+        self.model_rounds += outcome.draft_calls > 0
         self.drafted += tree.n_drafted
-        self.accepted += len(verdict.accepted)
-        self.draft_s += proposal.draft_s
-        self.verify_s += verify_s
-        if tree.n_drafted == 0:
-            return
-        deepest = tree.max_depth
-        self._grow(deepest)
-        reached = len(verdict.accepted)  # the walk tried depth reached+1 and stopped there
-        for d in range(1, min(reached + 1, deepest) + 1):
-            self.offered_by_depth[d - 1] += 1
-            self.accepted_by_depth[d - 1] += d <= reached
-
-    def _grow(self, depth: int) -> None:
-        while len(self.offered_by_depth) < depth:
-            self.offered_by_depth.append(0)
-            self.accepted_by_depth.append(0)
-
-    @property
-    def acceptance_by_depth(self) -> list[float]:
-        """Up to the deepest depth the walk ever tried (deeper drafted nodes were never reached)."""
-        tried = [o for o in self.offered_by_depth if o]
-        return [a / o for a, o in zip(self.accepted_by_depth, self.offered_by_depth[:len(tried)])]
+        self.accepted += len(outcome.verdict.accepted)
+        self.draft_s += outcome.draft_s
+        self.verify_s += outcome.verify_s
+        if tree.n_drafted:
+            self.by_round.append((len(outcome.verdict.accepted), tree.max_depth))
 
     def finish(self, prompt_tokens: int, tokens: int, wall_s: float, seed: int, stop: str,
-               model_state: dict) -> None:
-        decode_s = max(wall_s - self.prompt_s, 1e-9)
+               model_state: dict, *, decode_s: float, decode_clocks: tuple[float, float]) -> None:
+        """decode_s: the generation after the prompt; decode_clocks: seconds inside llama_decode
+        over it, (target, draft); what is left of decode_s is host work (Python, numpy, ctypes)."""
+        target_s, draft_s = decode_clocks
+        host_s = max(decode_s - target_s - draft_s, 0.0)
         busy = max(self.draft_s + self.verify_s, 1e-9)
+        per_token = 1000 / tokens if tokens else 0.0
         self.summary = {
             "tokens": tokens,
             "prompt_tokens": prompt_tokens,
             "wall_s": round(wall_s, 4),
             "prompt_s": round(self.prompt_s, 4),
-            "tokens_per_s": round(tokens / decode_s, 3),
+            "tokens_per_s": round(tokens / max(decode_s, 1e-9), 3),
             "mode": self.mode,
             "temperature": self.temperature,
             "seed": seed,
@@ -67,16 +56,23 @@ class RunStats:
             "rounds": self.rounds,
             "target_passes": self.rounds,
             "target_passes_per_token": round(self.rounds / tokens, 4) if tokens else None,
+            "model_rounds": self.model_rounds,
             "draft_calls": self.draft_calls,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else None,
             "mean_accepted_per_pass": round(self.accepted / max(self.rounds, 1), 4),
-            "acceptance_by_depth": [round(x, 4) for x in self.acceptance_by_depth],
+            "acceptance_by_depth": [round(x, 4) for x in acceptance_by_depth(self.by_round)],
             "draft_s": round(self.draft_s, 4),
             "verify_s": round(self.verify_s, 4),
             "draft_share": round(self.draft_s / busy, 4),
             "verify_share": round(self.verify_s / busy, 4),
+            # where the decode time went: the target's llama_decode, the draft's, and the rest
+            "target_decode_s": round(target_s, 4),
+            "draft_decode_s": round(draft_s, 4),
+            "host_s": round(host_s, 4),
+            "host_ms_per_token": round(host_s * per_token, 4),
+            "host_ms_per_round": round(1000 * host_s / self.rounds, 4) if self.rounds else None,
             **model_state,
         }
 
@@ -96,8 +92,10 @@ def format_stats(stats: dict) -> str:
                      f"accepted {stats['accepted']} ({stats['acceptance_rate']:.1%}), "
                      f"{stats['mean_accepted_per_pass']:.2f} accepted per pass")
         lines.append(f"acceptance by depth: {by_depth}; time: draft {stats['draft_share']:.0%}, "
-                     f"verify {stats['verify_share']:.0%}; the draft proposes from "
-                     f"{stats['draft_vocab']} tokens")
+                     f"verify {stats['verify_share']:.0%}"
+                     + (f"; the draft proposes from {stats['draft_vocab']} tokens" if "draft_vocab" in stats else ""))
+    lines.append(f"decode time: target {stats['target_decode_s']:.3f} s, draft {stats['draft_decode_s']:.3f} s, "
+                 f"host {stats['host_s']:.3f} s ({stats['host_ms_per_token']:.2f} ms per token)")
     offload = f"GPU offload: target {stats['target_gpu_layers']}/{stats['target_layers']} layers"
     if "draft_layers" in stats:
         offload += f", draft {stats['draft_gpu_layers']}/{stats['draft_layers']} layers"

@@ -16,7 +16,6 @@ ids in its metadata.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from . import llama
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
 from .modelfile import describe_gguf
-from .progress import Progress
+from ..files import atomic_write
+from ..progress import Progress
 
 DEFAULT_SIZE = 32768
 # Below this vocabulary size the output matrix is no longer the draft's main cost.
@@ -93,37 +93,42 @@ def must_keep(model: llama.Model) -> list[int]:
 
 def write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
     """Copy a GGUF model keeping only the given vocabulary rows (tokens, scores, types, the
-    embedding / output matrices), special token ids renumbered, ids stored under IDS_KEY."""
+    embedding / output matrices), special token ids renumbered, ids stored under IDS_KEY.
+    Written whole or not at all: a failure partway leaves no temporary file."""
+    atomic_write(dst, lambda tmp: _write_reduced(src, tmp, ids), f"the reduced draft {dst}")
+
+
+def _write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
     new_id = {int(t): i for i, t in enumerate(ids)}
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # concurrent builders never collide
-    writer = GGUFWriter(tmp, arch)
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        vtype = field.types[0]
-        value = field.contents()
-        sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        if vtype == GGUFValueType.ARRAY and len(field.data) == n_vocab:
-            value = [value[i] for i in ids]
-        elif name.startswith("tokenizer.ggml.") and name.endswith("_token_id"):
-            value = new_id.get(int(value), 0)
-        writer.add_key_value(name, value, vtype, sub_type)
-    writer.add_key_value(IDS_KEY, [int(i) for i in ids], GGUFValueType.ARRAY, GGUFValueType.INT32)
-    for tensor in reader.tensors:
-        data = tensor.data
-        if tensor.name in ("token_embd.weight", "output.weight") and data.shape[0] == n_vocab:
-            data = data[ids]
-        writer.add_tensor(tensor.name, np.ascontiguousarray(data), raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, dst)
+    writer = GGUFWriter(dst, arch)
+    try:
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF.") or name == "general.architecture":
+                continue
+            vtype = field.types[0]
+            value = field.contents()
+            sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+            if vtype == GGUFValueType.ARRAY and len(field.data) == n_vocab:
+                value = [value[i] for i in ids]
+            elif name.startswith("tokenizer.ggml.") and name.endswith("_token_id"):
+                value = new_id.get(int(value), 0)
+            writer.add_key_value(name, value, vtype, sub_type)
+        writer.add_key_value(IDS_KEY, [int(i) for i in ids], GGUFValueType.ARRAY, GGUFValueType.INT32)
+        for tensor in reader.tensors:
+            data = tensor.data
+            if tensor.name in ("token_embd.weight", "output.weight") and data.shape[0] == n_vocab:
+                data = data[ids]
+            writer.add_tensor(tensor.name, np.ascontiguousarray(data), raw_dtype=tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
 
 
 class InputTable:
@@ -185,6 +190,9 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
         except OSError as e:
             log.end("failed")
             raise EdgeTreeError(f"cannot write the reduced draft {path}: {e.strerror or e}") from None
+        except BaseException:
+            log.end("failed")
+            raise
         log.end(f"{time.perf_counter() - start:.0f} s")
     ids = describe_gguf(path, "draft", (IDS_KEY,))["meta"][IDS_KEY].astype(np.int64)
     table = InputTable(full.path)

@@ -1,60 +1,27 @@
-"""Drafters grow a TokenTree for the current context; the draft model is the first of them.
+"""The draft model proposes the tree, one batched llama_decode per level.
 
-The interface is two methods, as in Hugging Face's CandidateGenerator:
-    propose(tokens, shape, params, rng) -> Proposal   grow a tree rooted at tokens[-1]
-    observe(tree, verdict)                            learn the outcome, trim caches
+KV layout in the draft's unified cache: seq 0 holds committed tokens only; every node the draft
+decodes gets a seq id of its own that holds the prefix and its path (seq_cp from its parent up to
+the node's position, metadata only), so siblings never see each other.
+
+A request's lookahead (guessed tokens) rides along with the round's first call, in seq 1: one
+batched decode gives the draft's logits all along it, so wherever the draft's own choices follow
+the guess, those levels cost no further draft call.
+
+A reduced-vocab draft (llamacpp.draft_vocab) scores only the target ids in `ids`: its logits are
+indexed by position in ids, and q is widened back to the full vocabulary for the verifier.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Protocol
-
 import numpy as np
 
-from . import ngram
-from .llama import Context
-from .sampling import SamplingParams, distribution, sample_without_replacement
-from .tree import NGRAM, TokenTree
+from ..llamacpp.llama import Context
+from .drafting import DraftRequest, Proposal
+from .plan import TreeShape, prob_bin
+from .sampling import distribution, sample_without_replacement
+from .tree import TokenTree
 from .verify import Verdict
-
-
-@dataclass(frozen=True)
-class TreeShape:
-    """How big a tree to grow this round. Budgets are hard caps; the policy chooses within them."""
-
-    max_depth: int = 6
-    max_nodes_per_level: int = 8
-    max_total_nodes: int = 48
-    branch: int = 2  # children proposed per expanded node (the draft's top choices / draws)
-    expand: int = 2  # nodes per level decoded in the draft, to grow the next level
-    ngram_len: int = 0  # room for a prompt-lookup branch beside the draft's nodes (0: none)
-    # Worth-it thresholds on a node's estimated reach, the chance the target's walk gets to it:
-    # drafted nodes below min_node_prob are not worth a verify slot, and nodes below
-    # min_expand_prob are not worth a draft call to grow. Reach multiplies, along the path,
-    # accept_table[bin of the draft probability] (P(target takes a child | its draft prob),
-    # learned online; empty: the draft probability itself).
-    min_node_prob: float = 0.0
-    min_expand_prob: float = 0.0
-    accept_table: tuple = ()
-
-
-@dataclass
-class Proposal:
-    tree: TokenTree
-    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node when sampling
-    draft_s: float  # seconds spent drafting
-    draft_calls: int
-
-
-class Drafter(Protocol):
-    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
-                rng: np.random.Generator) -> Proposal: ...
-
-    def observe(self, tree: TokenTree, verdict: Verdict) -> None: ...
-
-    def reset(self) -> None: ...
 
 
 def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,29 +39,11 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, logits[top].astype(np.float64) - log_norm
 
 
-def prob_bin(logprob: float, n_bins: int) -> int:
-    """Which of n_bins equal slices of [0, 1] a token's draft probability falls in."""
-    return min(int(np.exp(logprob) * n_bins), n_bins - 1)
-
-
 class DraftModelDrafter:
-    """A small model proposes the tree, one batched llama_decode per level.
-
-    KV layout in the draft's unified cache: seq 0 holds committed tokens only; every node the
-    draft decodes gets a seq id of its own that holds the prefix and its path (seq_cp from its
-    parent up to the node's position, metadata only), so siblings never see each other.
-
-    A guess (prompt lookup) rides along with the round's first call, in seq 1: one batched
-    decode gives the draft's logits all along it, so wherever the draft's own choices follow the
-    guess, those levels cost no further draft call.
-
-    A reduced-vocab draft (draft_vocab.py) scores only the target ids in `ids`: its logits are
-    indexed by position in ids, and q is widened back to the full vocabulary for the verifier.
-    """
-
     GUESS_SEQ = 1
+    extra_nodes = 0
 
-    def __init__(self, ctx: Context, children: str = "topk", ids: np.ndarray | None = None,
+    def __init__(self, ctx: Context, children: str, ids: np.ndarray | None = None,
                  n_vocab: int | None = None):
         self.ctx = ctx
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
@@ -106,40 +55,44 @@ class DraftModelDrafter:
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
 
-    def reset(self) -> None:
+    def start(self, prompt: list[int]) -> None:
+        """Forget the last generation; read the prompt up to its last token (the first root)."""
         self.ctx.clear()
         self.n_cached = 0
+        if len(prompt) > 1:
+            self.ctx.feed(self.batch, prompt[:-1], 0)
+            self.n_cached = len(prompt) - 1
 
     def close(self) -> None:
         self.batch.close()
 
-    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
-                rng: np.random.Generator, guess: list[int] | None = None) -> Proposal:
-        start = time.perf_counter()
+    def propose(self, request: DraftRequest) -> Proposal:
+        shape, params, tokens = request.shape, request.params, request.tokens
         sampled = self.children == "sampled" and not params.greedy
-        tree = TokenTree(shape.max_total_nodes + shape.ngram_len, tokens[-1], sampled=sampled)
+        tree = TokenTree(shape.capacity, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
         self._node_seq = {0: 0}
         self._next_seq = self.GUESS_SEQ + 1
         self._reach = {0: 0.0}
-        guess = list(guess or [])
+        guess = list(request.lookahead)
         rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
         on_guess = {0: 0}  # node -> how many guessed tokens its path follows
         frontier = {0: rows[0]}
         calls = 1
         draft_probs: dict[int, np.ndarray] = {}
-        for depth in range(1, shape.max_depth + 1):
+        max_depth = shape.max_depth
+        for depth in range(1, max_depth + 1):
             room = min(shape.max_nodes_per_level, shape.max_total_nodes - tree.n_drafted)
             if room <= 0 or not frontier:
                 break
             if sampled:
-                level = self._draw_level(tree, frontier, shape, room, params, rng, draft_probs)
+                level = self._draw_level(tree, frontier, shape, room, params, request.rng, draft_probs)
             else:
                 level = self._best_level(tree, frontier, shape, room, params, draft_probs)
-            if depth == shape.max_depth:
+            if depth == max_depth:
                 break
             self._follow_guess(tree, level, guess, on_guess, len(rows))
-            grow = self._nodes_to_expand(tree, level, shape)
+            grow = self._nodes_to_expand(level, shape)
             if not grow:
                 break
             frontier = {n: rows[on_guess[n]] for n in grow if n in on_guess}
@@ -147,7 +100,7 @@ class DraftModelDrafter:
             if unknown:
                 frontier |= self._expand(tree, unknown)
                 calls += 1
-        return Proposal(tree, draft_probs, time.perf_counter() - start, calls)
+        return Proposal(tree, draft_probs, calls)
 
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
         """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.
@@ -242,7 +195,7 @@ class DraftModelDrafter:
         full[self.ids] = q
         return full
 
-    def _nodes_to_expand(self, tree, level, shape) -> list[int]:
+    def _nodes_to_expand(self, level, shape) -> list[int]:
         budget = min(shape.expand, self.max_expanded - (self._next_seq - self.GUESS_SEQ - 1))
         best = sorted(level, key=lambda i: -self._reach[i])[:max(budget, 0)]
         floor = np.log(shape.min_expand_prob) if shape.min_expand_prob > 0 else -np.inf
@@ -275,60 +228,3 @@ class DraftModelDrafter:
             self.ctx.seq_cp(seq, 0)
         self.ctx.seq_keep(0)
         self.n_cached = end
-
-
-class HybridDrafter:
-    """The draft model's tree plus prompt-lookup guesses (text found earlier in the context).
-
-    Where the context match is long: the draft checks the guess in its first call (levels where
-    it agrees cost no further call), the context's continuation of the draft's favourite branch
-    is grafted below its end, and the guess itself beside the draft's first level.
-    While guesses keep landing (a streak), a round uses the guess alone and the draft model sits
-    out; its cache catches up in one batched call when it is next needed. Under sampling with
-    drawn children the tree must hold draws only: no guesses there.
-    """
-
-    STREAK = 2  # accepted guessed tokens that make the next round a guess-only round
-    STRONG_MATCH = 3  # context-match length a guess-only round, or a checked guess, needs
-    CHECKED_GUESS = 6  # guessed tokens the draft checks in its first call
-
-    def __init__(self, model: DraftModelDrafter):
-        self.model = model
-        self._model_round = False
-        self._streak = False
-
-    def reset(self) -> None:
-        self.model.reset()
-        self._streak = False
-
-    def propose(self, tokens: list[int], shape: TreeShape, params: SamplingParams,
-                rng: np.random.Generator) -> Proposal:
-        if self.model.children == "sampled" and not params.greedy:
-            self._model_round = True
-            return self.model.propose(tokens, shape, params, rng)
-        guess, match = ngram.lookup(tokens, shape.ngram_len)
-        self._model_round = not (self._streak and match >= self.STRONG_MATCH)
-        if not self._model_round:
-            tree = TokenTree(len(guess), tokens[-1])
-            tree.graft(guess, NGRAM)
-            return Proposal(tree, None, 0.0, 0)
-        # the draft checks a guess in its first call only where the context match is long:
-        # each guessed token costs part of a draft call, paid back only if the draft agrees
-        checked = guess[:self.CHECKED_GUESS] if match >= self.STRONG_MATCH else []
-        proposal = self.model.propose(tokens, shape, params, rng, checked)
-        tree = proposal.tree
-        end = tree.best_leaf()
-        path = [int(tree.token[i]) for i in tree.path(end)]
-        # guesses cost verify slots: only long context matches are worth them
-        tail, tail_match = ngram.lookup(tokens + path, shape.ngram_len)
-        if tail_match >= self.STRONG_MATCH:
-            tree.graft(tail, NGRAM, at=end)
-        if match >= self.STRONG_MATCH:
-            tree.graft(guess, NGRAM)
-        return proposal
-
-    def observe(self, tree: TokenTree, verdict: Verdict) -> None:
-        guessed = sum(1 for i in verdict.accepted if tree.source[i] == NGRAM)
-        self._streak = guessed >= self.STREAK
-        if self._model_round:
-            self.model.observe(tree, verdict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
 from .llama import Model
 
 MAX_SIZE_DIFFERENCE = 128

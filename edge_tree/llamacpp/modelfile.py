@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
 
 
 def check_gguf(path: str | os.PathLike, role: str = "model") -> Path:

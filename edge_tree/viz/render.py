@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import graphviz
 
-from .errors import EdgeTreeError
+from ..errors import EdgeTreeError
 
 STEP_FILE_FORMATS = ("dot", "png", "svg")
 """Per-step picture formats; png and svg need Graphviz's ``dot`` program, dot does not."""

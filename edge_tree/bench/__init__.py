@@ -31,9 +31,9 @@ from typing import Iterable, Sequence
 
 import click
 
-from .errors import EdgeTreeError, UsageError
-from .options import draft_vocab_option
-from .progress import Progress
+from ..core.options import LoadOptions, click_options
+from ..errors import EdgeTreeError, UsageError, user_errors
+from ..progress import Progress
 
 DEFAULT_MODES = "ar,chain:4,chain:8,tree"
 DEFAULT_MAX_TOKENS = 64
@@ -365,7 +365,7 @@ def run_bench(target: str, draft: str | None, modes: str | Iterable[str] = DEFAU
     mean_accepted_per_pass, target_passes_per_token, draft_share, verify_share,
     acceptance_rate, same_as_ar "k/n", error) and ``runs`` (one per prompt and row).
     """
-    from .engine import Engine
+    from ..core.engine import Engine
 
     specs = parse_modes(modes)
     prompt_list = _normalize_prompts(prompts)
@@ -645,7 +645,7 @@ Examples:
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), help="Write the full result as JSON to FILE.")
 @click.option("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT, show_default=True,
               help="Seconds before one llama.cpp run is given up (its row gets an error note).")
-@draft_vocab_option
+@click_options(LoadOptions, only=("draft_vocab",))
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def bench(target, draft, modes, prompts_file, max_tokens, threads, llama_cpp_dir, json_file,
           tool_timeout, draft_vocab, quiet):
@@ -653,15 +653,13 @@ def bench(target, draft, modes, prompts_file, max_tokens, threads, llama_cpp_dir
 
     Greedy, every prompt through every mode in rotating order; prints a table on stdout.
     """
-    from .cli import user_errors  # imported here: cli.py imports this module
-    from .engine import check_draft_vocab
 
     with user_errors():
         specs = parse_modes(modes)  # bad modes fail before any model loads
-        check_draft_vocab(draft_vocab)
+        LoadOptions(draft_vocab=draft_vocab)
         prompts = load_prompts(prompts_file) if prompts_file else None
         if target is None:
-            from .demo import ensure_demo
+            from ..llamacpp.demo import ensure_demo
 
             pair = ensure_demo(progress=not quiet)
             target, draft = str(pair.target), str(draft or pair.draft)

@@ -1,15 +1,20 @@
 """Prompt lookup: guess the next tokens by finding the context's last few tokens earlier in it.
 
 Free to compute (no model call); strong where text repeats or copies its input: lists, code,
-extractive answers, and the loops small base models fall into.
+extractive answers, and the loops small base models fall into. `LookupDrafter` is the drafter
+of `--mode lookup`: it needs no draft model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .drafting import DraftRequest, Proposal, root_only
+from .tree import NGRAM, TokenTree
+
 MAX_MATCH = 4  # longest suffix tried first: a longer match predicts better
 MIN_MATCH = 2
+GUESS_LEN = 10  # the longest guess a round uses
 
 
 def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH,
@@ -28,3 +33,27 @@ def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH,
                 follow = context[start + n:start + n + length]
                 return [int(t) for t in follow], n
     return [], 0
+
+
+def guess_tree(tokens: list[int], guess: list[int]) -> TokenTree:
+    """A chain of guessed tokens below the root."""
+    tree = TokenTree(len(guess), tokens[-1])
+    tree.graft(guess, NGRAM)
+    return tree
+
+
+class LookupDrafter:
+    """Proposes the context's continuation of its own last tokens as one branch, or nothing."""
+
+    extra_nodes = 0
+
+    def start(self, prompt: list[int]) -> None:
+        pass
+
+    def propose(self, request: DraftRequest) -> Proposal:
+        shape = request.shape
+        guess, _ = lookup(request.tokens, min(GUESS_LEN, shape.max_depth, shape.max_total_nodes))
+        return Proposal(guess_tree(request.tokens, guess), None, 0) if guess else root_only(request.tokens)
+
+    def observe(self, tree, verdict) -> None:
+        pass

@@ -1,0 +1,57 @@
+"""The drafter interface: one small protocol, one class per way of proposing a tree.
+
+As in Hugging Face's CandidateGenerator, the loop knows drafters only through this:
+    start(prompt)            a new generation: forget the last one, read the prompt
+    propose(request)         grow a TokenTree rooted at the context's last token
+    observe(tree, verdict)   learn the outcome, trim caches
+and `extra_nodes`, the nodes a drafter may add beyond the policy's plan (guesses found in the
+context), for which the loop leaves room within the user's hard caps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from .plan import TreeShape
+from .sampling import SamplingParams
+from .tree import TokenTree
+from .verify import Verdict
+
+
+@dataclass(frozen=True)
+class DraftRequest:
+    tokens: list[int]  # the context; tokens[-1] is the root, not yet seen by the target
+    shape: TreeShape
+    params: SamplingParams
+    rng: np.random.Generator
+    # tokens the caller expects may follow the root: a drafter may score them in its first call,
+    # so that levels where it agrees with them cost no further call
+    lookahead: tuple[int, ...] = ()
+
+    def but(self, **changes) -> "DraftRequest":
+        return replace(self, **changes)
+
+
+@dataclass
+class Proposal:
+    tree: TokenTree
+    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node when sampling
+    draft_calls: int  # batched draft-model decodes this round
+
+
+def root_only(tokens: list[int]) -> Proposal:
+    """A round that proposes nothing: the target decodes the root alone (plain decoding)."""
+    return Proposal(TokenTree(0, tokens[-1]), None, 0)
+
+
+class Drafter(Protocol):
+    extra_nodes: int
+
+    def start(self, prompt: list[int]) -> None: ...
+
+    def propose(self, request: DraftRequest) -> Proposal: ...
+
+    def observe(self, tree: TokenTree, verdict: Verdict) -> None: ...

@@ -1,0 +1,252 @@
+"""The decoding loop: prefill, then rounds of plan -> draft -> verify -> commit, until a stop rule.
+
+One flow for every mode: `ar` is a round whose tree is the root alone, `lookup` a branch of
+guesses found in the context, `chain` a tree of width one, `tree` whatever the policy plans,
+plain decoding included. A round's outcome feeds the statistics, the policy and, when someone
+reads them, the step records (records.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from ..errors import EdgeTreeError, UsageError
+from ..records import StepRecord
+from .drafting import DraftRequest, Proposal, root_only
+from .models import LoadedModels
+from .options import GenOptions, LoadOptions, split_options
+from .plan import RoundOutcome, TreeShape
+from .policy import Caps
+from .stats import RunStats
+from .steps import step_record
+from .text import StopText
+from .verify import verify
+
+NO_CAP = 1 << 30
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    tokens: list[int]  # generated token ids (the prompt excluded)
+    stats: dict
+    steps: list[StepRecord] = field(default_factory=list)  # with record_steps=True
+    stop_reason: str = ""  # eos | stop | max_tokens | max_time | context | interrupted
+
+
+class Engine:
+    """A target (and optionally a draft) loaded once; generate() as often as you like.
+
+    Engine(target, draft, threads=2, ...) or Engine(options=LoadOptions(...)); target None means
+    the demo pair."""
+
+    def __init__(self, target: str | None = None, draft: str | None = None, *,
+                 options: LoadOptions | None = None, progress: bool = False, **load_options):
+        if options is None:
+            options = LoadOptions.from_mapping({"target": target, "draft": draft, **load_options})
+        self.options = options
+        self.models = LoadedModels(options, progress)
+        self.target_model = self.models.target_model
+        self.draft_model = self.models.draft_model
+        self.target_ctx = self.models.target_ctx
+
+    @property
+    def target_path(self) -> str:
+        return self.models.target_path
+
+    @property
+    def draft_path(self) -> str | None:
+        return self.models.draft_path
+
+    @property
+    def has_draft(self) -> bool:
+        return self.models.model_drafter is not None
+
+    def close(self) -> None:
+        self.models.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def generate(self, prompt: str, options: GenOptions | None = None, *,
+                 on_text: Callable[[str], None] | None = None,
+                 on_step: Callable[[StepRecord], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 record_steps: bool = False, **gen_options) -> GenerationResult:
+        """Generate a continuation of prompt: GenOptions, or its fields as keyword arguments.
+        on_text gets text as it streams, on_step each round's record; record_steps keeps them
+        in result.steps."""
+        if options is None:
+            options = GenOptions.from_mapping(gen_options)
+        elif gen_options:
+            options = options.replace(**gen_options)
+        mode = self._check_mode(options.mode)
+        prompt_tokens = self._tokenize_prompt(prompt, options)
+        return _Run(self, options, mode, on_text, on_step, should_stop, record_steps).execute(prompt_tokens)
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or ("tree" if self.has_draft else "ar")
+        if mode in ("chain", "tree") and not self.has_draft:
+            raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)", field="mode")
+        return mode
+
+    def _tokenize_prompt(self, prompt: str, options: GenOptions) -> list[int]:
+        tokens = self.target_model.tokenize(prompt, add_special=True)
+        if not tokens:
+            raise EdgeTreeError("the prompt is empty and this model adds no BOS token to start from")
+        n_ctx = self.target_ctx.n_ctx
+        if len(tokens) >= n_ctx:
+            raise EdgeTreeError(f"the prompt has {len(tokens)} tokens; the context holds {n_ctx} "
+                                f"(raise --ctx-size)")
+        if options.context_full == "error" and len(tokens) + options.max_tokens > n_ctx:
+            raise EdgeTreeError(f"prompt ({len(tokens)} tokens) + --max-tokens {options.max_tokens} exceed "
+                                f"the context of {n_ctx} tokens: raise --ctx-size, lower --max-tokens, "
+                                f"or pass --context-full stop")
+        return tokens
+
+
+class _Run:
+    """One generation: the loop state that lives for a single generate() call."""
+
+    def __init__(self, engine: Engine, options: GenOptions, mode: str, on_text, on_step,
+                 should_stop, record_steps: bool):
+        self.models = engine.models
+        self.options, self.mode = options, mode
+        self.drafter = self.models.drafter_for(mode, options.ngram)
+        self.policy = self.models.policy
+        self.params = options.sampling
+        self.caps = Caps(options.max_depth, options.max_nodes_per_level, options.max_total_nodes)
+        self.seed = int(np.random.SeedSequence().entropy % 2**32) if options.seed is None else options.seed
+        self.rng = np.random.default_rng(self.seed)
+        self.on_text, self.on_step = on_text, on_step
+        self.should_stop = should_stop or (lambda: False)
+        self.keep_steps = record_steps
+        self.text = StopText(options.stop)
+        self.generated: list[int] = []
+        self.steps: list[StepRecord] = []
+        self.stats = RunStats(mode=mode, temperature=options.temperature)
+
+    def execute(self, prompt_tokens: list[int]) -> GenerationResult:
+        models = self.models
+        start = time.perf_counter()
+        self.policy.reset()
+        models.target.reset()
+        models.target.prefill(prompt_tokens)
+        if self.drafter:
+            self.drafter.start(prompt_tokens)
+        self.stats.prompt_s = time.perf_counter() - start
+        decode_start = time.perf_counter(), models.decode_clocks()
+        tokens = list(prompt_tokens)
+        stop = ""
+        while not stop:
+            stop = self._stop_before_round(start, len(tokens))
+            if stop:
+                break
+            outcome = self._round(tokens)
+            new_tokens = [int(outcome.tree.token[i]) for i in outcome.verdict.accepted]
+            stop = self._emit(new_tokens + [outcome.verdict.bonus_token])
+            tokens += new_tokens + [outcome.verdict.bonus_token]
+        self._flush_text()
+        wall = time.perf_counter() - start
+        self.stats.finish(len(prompt_tokens), len(self.generated), wall, self.seed, stop,
+                          models.model_state, decode_s=time.perf_counter() - decode_start[0],
+                          decode_clocks=models.decode_clocks(since=decode_start[1]))
+        return GenerationResult(self.text.text, self.generated, self.stats.as_dict(), self.steps, stop)
+
+    def _stop_before_round(self, start: float, n_tokens: int) -> str:
+        if self.should_stop():
+            return "interrupted"
+        if self.options.max_time is not None and time.perf_counter() - start >= self.options.max_time:
+            return "max_time"
+        if n_tokens + 1 > self.models.target_ctx.n_ctx:  # the root itself needs a cell
+            return "context"
+        return ""
+
+    def _round(self, tokens: list[int]) -> RoundOutcome:
+        """Plan, draft, verify and commit one round; the drafter and the policy learn from it."""
+        models = self.models
+        started = time.perf_counter()
+        clocks = models.decode_clocks()
+        shape = self._shape(len(tokens))
+        if self.drafter and shape.capacity:
+            proposal = self.drafter.propose(DraftRequest(tokens, shape, self.params, self.rng))
+        else:
+            proposal = root_only(tokens)
+        drafted = time.perf_counter()
+        tree = proposal.tree
+        logits_of = models.target.evaluate(tree)
+        verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs)
+        models.target.commit(tree, verdict.last_node)
+        verified = time.perf_counter()
+        if tree.n > 1:
+            self.drafter.observe(tree, verdict)
+        outcome = RoundOutcome(tree, verdict, shape, proposal.draft_calls, draft_s=drafted - started,
+                               verify_s=verified - drafted, round_s=0.0,
+                               decode=models.decode_clocks(since=clocks))
+        self.policy.observe(outcome)
+        outcome.round_s = time.perf_counter() - started
+        self.stats.add_round(outcome)
+        if self.keep_steps or self.on_step:
+            self._record(outcome, len(tokens))
+        return outcome
+
+    def _shape(self, n_tokens: int) -> TreeShape:
+        """The policy's plan, cut to the hard limits: the user's caps, the KV cells left beside
+        the committed tokens, the sequences a tree may use, and the tokens still wanted."""
+        plan = self.policy.plan(self.mode, self.caps)
+        cells = self.models.target_ctx.n_ctx - n_tokens
+        remaining = self.options.max_tokens - len(self.generated)  # no point drafting past the end
+        depth_cap = max(0, min(self.caps.max_depth or NO_CAP, remaining - 1, cells - 1))
+        node_cap = max(0, min(self.caps.max_total_nodes or NO_CAP, cells - 1,
+                              self.models.target_ctx.n_seq_max - 1))
+        depth = min(plan.max_depth, depth_cap)
+        nodes = min(plan.max_total_nodes, node_cap) if depth else 0
+        extra = self.drafter.extra_nodes if self.drafter else 0
+        wanted = extra if plan.guess_nodes is None else min(plan.guess_nodes, extra)
+        return replace(plan, max_depth=depth, max_total_nodes=nodes, guess_depth=depth_cap,
+                       guess_nodes=min(wanted, node_cap - nodes) if depth_cap else 0)
+
+    def _emit(self, new_tokens: list[int]) -> str:
+        """Stream the round's tokens; returns a stop reason if one fires inside them."""
+        model = self.models.target_model
+        for token in new_tokens:
+            if model.is_eog(token):
+                return "eos"
+            self.generated.append(token)
+            text, stopped = self.text.push(model.token_bytes(token))
+            if text and self.on_text:
+                self.on_text(text)
+            if stopped:
+                return "stop"
+            if len(self.generated) >= self.options.max_tokens:
+                return "max_tokens"
+        return ""
+
+    def _flush_text(self) -> None:
+        tail = self.text.flush()
+        if tail and self.on_text:
+            self.on_text(tail)
+
+    def _record(self, outcome: RoundOutcome, n_tokens: int) -> None:
+        record = step_record(self.stats.rounds, self.mode, n_tokens - 1, outcome,
+                             self.models.target_model)
+        if self.keep_steps:
+            self.steps.append(record)
+        if self.on_step:
+            self.on_step(record)
+
+
+def engine_and_options(values: dict, progress: bool = False) -> tuple[Engine, GenOptions]:
+    """A face's keyword arguments, load and generation options mixed, split and built once."""
+    load, gen, rest = split_options(values)
+    if rest:
+        raise UsageError(sorted(rest)[0], "unknown option", field=sorted(rest)[0])
+    options = GenOptions.from_mapping(gen)
+    return Engine(options=LoadOptions.from_mapping(load), progress=progress), options

@@ -1,0 +1,107 @@
+"""What an Engine holds: the models as loaded, their contexts, the drafters and the policy.
+
+Loading checks the files before llama.cpp sees them, the two vocabularies against each other, and
+derives a reduced-vocabulary copy of the draft where that pays; everything opened is closed in
+reverse order, also when loading fails halfway.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..files import cache_dir
+from ..llamacpp import draft_vocab as draft_vocabs
+from ..llamacpp import llama
+from ..llamacpp.demo import ensure_demo
+from ..llamacpp.modelfile import check_gguf
+from ..llamacpp.vocab import check_vocab
+from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
+from .compose import LookupGraftDrafter
+from .lookup import LookupDrafter
+from .model_drafter import DraftModelDrafter
+from .options import LoadOptions
+from .policy import AdaptivePolicy, CostModel, FixedPolicy, Policy
+from .target import TargetRunner
+
+
+class LoadedModels:
+    def __init__(self, options: LoadOptions, progress: bool = False):
+        self._closers: list[Callable[[], None]] = []
+        self._keep(llama.LogView(options.verbose))
+        try:
+            self._load(options, progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, options: LoadOptions, progress: bool) -> None:
+        target, draft = options.target, options.draft
+        if target is None:  # the demo pair, built on first use
+            pair = ensure_demo(progress=progress)
+            target, draft = str(pair.target), str(draft or pair.draft)
+        self.target_path = str(check_gguf(target, "target"))
+        self.draft_path = str(check_gguf(draft, "draft")) if draft else None
+        threads, n_ctx = options.threads, options.ctx_size
+        self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers))
+        self.draft_model = self.reduced = None
+        if self.draft_path:
+            self.draft_model = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers))
+            check_vocab(self.target_model, self.draft_model)
+            self.reduced = draft_vocabs.load(self.draft_model, options.draft_vocab, cache_dir(), threads,
+                                             options.draft_n_gpu_layers, progress)
+            if self.reduced:  # the reduced copy replaces the full draft
+                self.draft_model.close()
+                self.draft_model = self._keep(self.reduced.model)
+        n_seq = llama.max_parallel_sequences()
+        self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
+        self.target = self._keep(TargetRunner(self.target_ctx))
+        self.draft_ctx = self.model_drafter = None
+        reduced = self.reduced
+        if self.draft_model:
+            self.draft_ctx = self._keep(llama.Context(self.draft_model, n_ctx, n_seq, threads=threads,
+                                                      embed=reduced and reduced.embed))
+            self.model_drafter = self._keep(DraftModelDrafter(
+                self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab))
+        self.lookup_drafter = LookupDrafter()
+        self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
+        self.policy = self._make_policy(options.policy)
+
+    def _make_policy(self, name: str) -> Policy:
+        if name == "fixed" or not self.draft_ctx:  # without a draft, every mode has a fixed plan
+            return FixedPolicy()
+        return AdaptivePolicy(CostModel(cached_costs(self.target_ctx, TARGET_SIZES),
+                                        cached_costs(self.draft_ctx, DRAFT_SIZES),
+                                        host_per_node=host_cost_per_node(self.draft_model.n_vocab)))
+
+    def drafter_for(self, mode: str, ngram: bool):
+        """The drafter of a mode: none for ar; tree grafts guesses onto the model's unless told not to."""
+        if mode == "lookup":
+            return self.lookup_drafter
+        if mode == "tree" and ngram:
+            return self.graft_drafter
+        return self.model_drafter if mode != "ar" else None
+
+    def decode_clocks(self, since: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
+        """Seconds inside llama_decode so far, (target, draft), less `since`."""
+        draft = self.draft_ctx.decode_s if self.draft_ctx else 0.0
+        return self.target_ctx.decode_s - since[0], draft - since[1]
+
+    @property
+    def model_state(self) -> dict:
+        """GPU offload of both models, and how many tokens the draft may propose."""
+        state = {"gpu_offload_supported": llama.supports_gpu_offload(),
+                 "target_gpu_layers": self.target_model.offloaded_layers,
+                 "target_layers": self.target_model.n_layer + 1}
+        if self.draft_model:
+            state.update(draft_vocab=self.draft_model.n_vocab,
+                         draft_gpu_layers=self.draft_model.offloaded_layers,
+                         draft_layers=self.draft_model.n_layer + 1)
+        return state
+
+    def _keep(self, obj):
+        self._closers.append(obj.close)
+        return obj
+
+    def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()

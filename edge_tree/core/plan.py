@@ -1,0 +1,68 @@
+"""A round's plan: what the policy decides and the drafters carry out.
+
+The plan lives apart from its executors (drafters) and from the one who makes it (the policy), so
+that neither needs the other to read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # for annotations only: the plan needs neither at run time
+    from .tree import TokenTree
+    from .verify import Verdict
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How big a tree to grow this round: the main drafter's part (max_depth, max_total_nodes and
+    the shape within them), and room for guesses beside it (guess_nodes nodes, none deeper than
+    guess_depth). The loop cuts both to the user's hard caps before a drafter sees them."""
+
+    max_depth: int = 6
+    max_nodes_per_level: int = 8
+    max_total_nodes: int = 48
+    branch: int = 2  # children proposed per expanded node (the draft's top choices / draws)
+    expand: int = 2  # nodes per level decoded in the draft, to grow the next level
+    use_model: bool = True  # False: this round calls no draft model (guesses alone, or nothing)
+    guess_nodes: int | None = None  # None: the room a drafter asks for (its extra_nodes)
+    guess_depth: int = 0
+    # Worth-it thresholds on a node's estimated reach, the chance the target's walk gets to it:
+    # drafted nodes below min_node_prob are not worth a verify slot, and nodes below
+    # min_expand_prob are not worth a draft call to grow. Reach multiplies, along the path,
+    # accept_table[bin of the draft probability] (P(target takes a child | its draft prob),
+    # learned online; empty: the draft probability itself).
+    min_node_prob: float = 0.0
+    min_expand_prob: float = 0.0
+    accept_table: tuple = ()
+
+    @property
+    def capacity(self) -> int:
+        """Every node a round may draft: the main drafter's and the guesses'."""
+        return self.max_total_nodes + (self.guess_nodes or 0)
+
+
+PLAIN = TreeShape(max_depth=0, max_nodes_per_level=0, max_total_nodes=0, branch=0, expand=0,
+                  use_model=False, guess_nodes=0)
+
+
+def prob_bin(logprob: float, n_bins: int) -> int:
+    """Which of n_bins equal slices of [0, 1] a token's draft probability falls in."""
+    return min(int(np.exp(logprob) * n_bins), n_bins - 1)
+
+
+@dataclass
+class RoundOutcome:
+    """What a round did and cost: the statistics, the policy and the step records learn from it."""
+
+    tree: "TokenTree"
+    verdict: "Verdict"
+    shape: TreeShape  # the plan as the drafter received it
+    draft_calls: int
+    draft_s: float  # proposing: draft-model decodes and the drafter's host work
+    verify_s: float  # the target's pass, verification and the cache commit
+    round_s: float  # the whole round, bookkeeping included
+    decode: tuple[float, float]  # seconds inside llama_decode: (target, draft)
