@@ -35,13 +35,13 @@ def ar_engine(tiny_target):
 
 @pytest.fixture(scope="module")
 def tree_engine(tiny_target, tiny_draft_other):
-    with Engine(str(tiny_target), str(tiny_draft_other), threads=THREADS, ctx_size=4096) as e:
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=THREADS, ctx_size=4096, policy="fixed") as e:
         yield e
 
 
 @pytest.fixture(scope="module")
 def same_engine(tiny_target, tiny_draft_same):
-    with Engine(str(tiny_target), str(tiny_draft_same), threads=THREADS, ctx_size=4096) as e:
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=THREADS, ctx_size=4096, policy="fixed") as e:
         yield e
 
 

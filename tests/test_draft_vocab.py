@@ -38,7 +38,8 @@ def reduced_engine(tiny_target, tiny_draft_other, tmp_path_factory):
     cache = tmp_path_factory.mktemp("draft-vocab-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("XDG_CACHE_HOME", str(cache))
-    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512, draft_vocab=K) as e:
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512, draft_vocab=K,
+                policy="fixed") as e:
         yield e
     mp.undo()
 

@@ -54,7 +54,8 @@ def ar_counts(tiny_target):
 def test_tree_sampling_matches_the_target_distribution(request, tiny_target, ar_counts,
                                                        draft_fixture, children):
     draft = request.getfixturevalue(draft_fixture)
-    with Engine(str(tiny_target), str(draft), threads=1, ctx_size=64, draft_children=children) as e:
+    with Engine(str(tiny_target), str(draft), threads=1, ctx_size=64, draft_children=children,
+                policy="fixed") as e:  # the tree every round: the verifier is under test
         tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
     assert len(ar_counts) > 5  # the test has a real distribution to compare
     assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
@@ -65,6 +66,7 @@ def test_the_same_test_catches_a_wrong_verifier(monkeypatch, tiny_target, tiny_d
         return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)  # p/q on top-k children
 
     monkeypatch.setattr(engine_module, "verify", wrong_verify)
-    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_children="topk") as e:
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_children="topk",
+                policy="fixed") as e:
         tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
     assert p_value(ar_counts, tree_counts) < SIGNIFICANCE

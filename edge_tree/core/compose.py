@@ -46,7 +46,7 @@ class LookupGraftDrafter:
         self._model_round = wants_model and not (self._streak and strong)
         if not self._model_round:
             if strong and shape.guess_nodes:
-                return Proposal(guess_tree(request.tokens, guess[:shape.guess_nodes]), None, 0)
+                return Proposal(guess_tree(request.tokens, guess[:shape.guess_nodes]))
             return root_only(request.tokens)
         # the draft checks a guess in its first call only where the context match is long:
         # each guessed token costs part of a draft call, paid back only if the draft agrees

@@ -38,13 +38,17 @@ class DraftRequest:
 @dataclass
 class Proposal:
     tree: TokenTree
-    draft_probs: dict[int, np.ndarray] | None  # q at each expanded node when sampling
-    draft_calls: int  # batched draft-model decodes this round
+    draft_probs: dict[int, np.ndarray] | None = None  # q at each expanded node when sampling
+    draft_sizes: tuple[int, ...] = ()  # tokens fed to each batched draft-model decode
+
+    @property
+    def draft_calls(self) -> int:
+        return len(self.draft_sizes)
 
 
 def root_only(tokens: list[int]) -> Proposal:
     """A round that proposes nothing: the target decodes the root alone (plain decoding)."""
-    return Proposal(TokenTree(0, tokens[-1]), None, 0)
+    return Proposal(TokenTree(0, tokens[-1]))
 
 
 class Drafter(Protocol):

@@ -136,7 +136,7 @@ class _Run:
     def execute(self, prompt_tokens: list[int]) -> GenerationResult:
         models = self.models
         start = time.perf_counter()
-        self.policy.reset()
+        self.policy.reset(learn_costs=self.params.greedy)
         models.target.reset()
         models.target.prefill(prompt_tokens)
         if self.drafter:
@@ -187,7 +187,7 @@ class _Run:
         verified = time.perf_counter()
         if tree.n > 1:
             self.drafter.observe(tree, verdict)
-        outcome = RoundOutcome(tree, verdict, shape, proposal.draft_calls, draft_s=drafted - started,
+        outcome = RoundOutcome(tree, verdict, shape, proposal.draft_sizes, draft_s=drafted - started,
                                verify_s=verified - drafted, round_s=0.0,
                                decode=models.decode_clocks(since=clocks))
         self.policy.observe(outcome)

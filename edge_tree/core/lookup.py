@@ -53,7 +53,7 @@ class LookupDrafter:
     def propose(self, request: DraftRequest) -> Proposal:
         shape = request.shape
         guess, _ = lookup(request.tokens, min(GUESS_LEN, shape.max_depth, shape.max_total_nodes))
-        return Proposal(guess_tree(request.tokens, guess), None, 0) if guess else root_only(request.tokens)
+        return Proposal(guess_tree(request.tokens, guess)) if guess else root_only(request.tokens)
 
     def observe(self, tree, verdict) -> None:
         pass

@@ -75,10 +75,10 @@ class DraftModelDrafter:
         self._next_seq = self.GUESS_SEQ + 1
         self._reach = {0: 0.0}
         guess = list(request.lookahead)
+        sizes = [len(tokens) - self.n_cached + len(guess)]  # the first call: new tokens and the guess
         rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
         on_guess = {0: 0}  # node -> how many guessed tokens its path follows
         frontier = {0: rows[0]}
-        calls = 1
         draft_probs: dict[int, np.ndarray] = {}
         max_depth = shape.max_depth
         for depth in range(1, max_depth + 1):
@@ -99,8 +99,8 @@ class DraftModelDrafter:
             unknown = [n for n in grow if n not in on_guess]
             if unknown:
                 frontier |= self._expand(tree, unknown)
-                calls += 1
-        return Proposal(tree, draft_probs, calls)
+                sizes.append(len(unknown))
+        return Proposal(tree, draft_probs, tuple(sizes))
 
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
         """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.

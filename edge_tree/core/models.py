@@ -20,7 +20,8 @@ from .compose import LookupGraftDrafter
 from .lookup import LookupDrafter
 from .model_drafter import DraftModelDrafter
 from .options import LoadOptions
-from .policy import AdaptivePolicy, CostModel, FixedPolicy, Policy
+from .costs import CostModel
+from .policy import AdaptivePolicy, FixedPolicy, Policy
 from .target import TargetRunner
 
 

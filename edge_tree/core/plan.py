@@ -61,8 +61,12 @@ class RoundOutcome:
     tree: "TokenTree"
     verdict: "Verdict"
     shape: TreeShape  # the plan as the drafter received it
-    draft_calls: int
+    draft_sizes: tuple[int, ...]  # tokens fed to each batched draft-model decode
     draft_s: float  # proposing: draft-model decodes and the drafter's host work
     verify_s: float  # the target's pass, verification and the cache commit
     round_s: float  # the whole round, bookkeeping included
     decode: tuple[float, float]  # seconds inside llama_decode: (target, draft)
+
+    @property
+    def draft_calls(self) -> int:
+        return len(self.draft_sizes)

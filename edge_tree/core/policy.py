@@ -8,9 +8,10 @@ from typing import Protocol
 
 import numpy as np
 
+from .costs import CostModel
 from .lookup import GUESS_LEN
 from .plan import PLAIN, RoundOutcome, TreeShape, prob_bin
-from .tree import DRAFT
+from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
 # The most drafted nodes a plan uses: every leaf is a sequence of the target's cache
@@ -66,7 +67,7 @@ class Policy(Protocol):
 
     def observe(self, outcome: RoundOutcome) -> None: ...
 
-    def reset(self) -> None: ...
+    def reset(self, learn_costs: bool = True) -> None: ...
 
 
 class FixedPolicy:
@@ -90,40 +91,8 @@ class FixedPolicy:
     def observe(self, outcome: RoundOutcome) -> None:
         pass
 
-    def reset(self) -> None:
+    def reset(self, learn_costs: bool = True) -> None:
         pass
-
-
-@dataclass
-class CostModel:
-    """Seconds per llama_decode of n tokens (measured points, linear in between and beyond), plus
-    the host's numpy work per drafted node."""
-
-    verify_points: dict[int, float]
-    draft_points: dict[int, float]
-    host_per_node: float = 0.0
-
-    def __post_init__(self):
-        # tabulated for every batch size a tree can have: the policy asks thousands of times
-        self._verify = self._table(self.verify_points)
-        self._draft = self._table(self.draft_points)
-
-    @staticmethod
-    def _table(points: dict[int, float], size: int = 257) -> np.ndarray:
-        xs = np.array(sorted(points), float)
-        ys = np.array([points[x] for x in sorted(points)], float)
-        n = np.arange(size, dtype=float)
-        table = np.interp(n, xs, ys)
-        if len(xs) > 1:  # beyond the last point: extend the last segment's slope
-            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-            table[n > xs[-1]] = ys[-1] + slope * (n[n > xs[-1]] - xs[-1])
-        return table
-
-    def verify_s(self, n: int) -> float:
-        return float(self._verify[n])
-
-    def draft_s(self, n: int) -> float:
-        return float(self._draft[n])
 
 
 def visited_children(tree, verdict):
@@ -215,9 +184,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
 
 def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel) -> float:
     """Expected generated tokens per second: (accepted + the bonus token) / the round's time."""
-    seconds = (sum(cost.draft_s(c) for c in calls) + cost.verify_s(1 + nodes)
-               + cost.host_per_node * (sum(calls) + nodes))
-    return (accepted + 1.0) / seconds
+    return (accepted + 1.0) / cost.round_s(calls, nodes)
 
 
 def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
@@ -256,27 +223,68 @@ def slot_floor(rate: float, cost: CostModel) -> float:
     return rate * verify_slope
 
 
+class GuessAcceptance:
+    """P(the target takes a guessed token | the walk reached its parent), learned online from the
+    guesses the walk tried (prompt lookup: text found earlier in the context)."""
+
+    def __init__(self, prior: float = 0.6, prior_weight: float = 4.0):
+        self.hits = prior * prior_weight
+        self.trials = prior_weight
+
+    def observe(self, tree, verdict) -> None:
+        kids = tree.children()
+        path = [0] + list(verdict.accepted)
+        for depth, node in enumerate(path):
+            guesses = [c for c in kids[node] if tree.source[c] == NGRAM]
+            if guesses:
+                self.trials += 1
+                self.hits += depth + 1 < len(path) and path[depth + 1] in guesses
+
+    def rate(self) -> float:
+        return self.hits / self.trials
+
+
+def guess_budget(accept: float, rate: float, cost: CostModel, longest: int = GUESS_LEN) -> int:
+    """How many guessed tokens are worth their verify slots: the k-th is reached and taken with
+    probability accept**k, and must beat the slot floor of a round running at `rate`."""
+    floor = slot_floor(rate, cost)
+    if floor <= 0 or accept >= 1:
+        return longest
+    if accept <= floor:
+        return 0
+    return min(longest, int(np.log(floor) / np.log(accept)))
+
+
 DYNAMIC_DEPTH = 16  # the deepest a branch may grow while it stays worth it
 EXPAND_SLACK = 0.3
 
 
 class AdaptivePolicy:
-    """Each round, the shape that maximises expected tokens per second, from measured costs and
-    acceptance by sibling rank learned online; then, node by node, branches grow only while the
-    target is likely enough to reach them (draft confidence, calibrated online). The user's caps
-    bound everything."""
+    """Each round, the way to spend it that maximises expected tokens per second, from measured
+    costs (corrected online by what rounds really cost) and acceptance learned online: plain
+    decoding, plain decoding with guesses found in the context, or a draft tree of the best shape.
+    In a tree, branches grow node by node only while the target is likely enough to reach them
+    (draft confidence, calibrated online). The user's caps bound everything."""
 
     REPLAN_EVERY = 8  # rounds between searches: acceptance statistics move slowly
+    EXPLORE_EVERY = 32  # plain rounds between tries of the draft, while a tree is nearly as good
+    EXPLORE_WITHIN = 0.8  # ... nearly: at least this fraction of plain decoding's expected rate
 
     def __init__(self, cost: CostModel):
         self.cost = cost
         self.reset()
 
-    def reset(self) -> None:
-        """Forget what was learned: each generation starts alike, so a seed replays its text."""
+    def reset(self, learn_costs: bool = True) -> None:
+        """Forget what was learned about acceptance: each generation starts alike, so a seed
+        replays its text. Costs are the machine's and stay; learn_costs=False freezes them for a
+        generation whose text must not depend on timing (sampling: the tree's shape decides
+        which random draws are made)."""
         self.acceptance = RankAcceptance()
         self.calibration = ProbCalibration()
-        self._plans: dict[Caps, TreeShape] = {}
+        self.guesses = GuessAcceptance()
+        self.learn_costs = learn_costs
+        self._plans: dict[Caps, tuple[int, TreeShape, TreeShape | None]] = {}  # by round planned
+        self._model_rounds = 0
         self._rounds = 0
 
     def plan(self, mode: str, caps: Caps) -> TreeShape:
@@ -284,13 +292,26 @@ class AdaptivePolicy:
         if fixed:
             return fixed
         early = self._rounds < 2 * self.REPLAN_EVERY  # learn fast while statistics are thin
-        if caps not in self._plans or early or self._rounds % self.REPLAN_EVERY == 0:
-            self._plans[caps] = self._plan(caps)
-        return self._plans[caps]
+        if caps not in self._plans or early or self._rounds >= self._plans[caps][0] + self.REPLAN_EVERY:
+            self._plans[caps] = (self._rounds, *self._plan(caps))
+        _, chosen, explore = self._plans[caps]
+        if explore is not None and self._rounds % self.EXPLORE_EVERY == 0:
+            return explore
+        return chosen
 
-    def _plan(self, caps: Caps) -> TreeShape:
+    def _plan(self, caps: Caps) -> tuple[TreeShape, TreeShape | None]:
+        """The plan to use, and a tree to try now and then while plain decoding wins narrowly."""
         pi = self.acceptance.pi()
         shape = best_shape(caps, pi, self.cost)
+        rate = shape_rate(shape, pi, self.cost)
+        plain_rate = 1.0 / self.cost.plain_s()
+        if rate <= plain_rate:
+            plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
+            near = rate >= self.EXPLORE_WITHIN * plain_rate
+            return plain, (self._tree(shape, rate, caps, pi) if near else None)
+        return self._tree(shape, rate, caps, pi), None
+
+    def _tree(self, shape: TreeShape, rate: float, caps: Caps, pi: np.ndarray) -> TreeShape:
         # The plan's depth is what an average stretch of text affords; confident stretches may go
         # deeper and doubtful ones stop sooner, node by node, against the plan's floors.
         depth = min(caps.max_depth or DYNAMIC_DEPTH, DYNAMIC_DEPTH)
@@ -298,12 +319,16 @@ class AdaptivePolicy:
                     max(shape.max_total_nodes, depth * shape.max_nodes_per_level))
         return replace(shape, max_depth=depth, max_total_nodes=total,
                        min_expand_prob=shape.min_expand_prob * EXPAND_SLACK,
-                       min_node_prob=slot_floor(shape_rate(shape, pi, self.cost), self.cost),
+                       min_node_prob=slot_floor(rate, self.cost),
+                       guess_nodes=guess_budget(self.guesses.rate(), rate, self.cost),
                        accept_table=self.calibration.table())
 
     def observe(self, outcome: RoundOutcome) -> None:
-        if not outcome.draft_calls:  # the statistics are about how the draft model ranks
-            return
         self._rounds += 1
-        self.acceptance.observe(outcome.tree, outcome.verdict)
-        self.calibration.observe(outcome.tree, outcome.verdict)
+        if self.learn_costs:
+            self.cost.learn(outcome)
+        self.guesses.observe(outcome.tree, outcome.verdict)
+        if outcome.draft_calls:  # the statistics below are about how the draft model ranks
+            self._model_rounds += 1
+            self.acceptance.observe(outcome.tree, outcome.verdict)
+            self.calibration.observe(outcome.tree, outcome.verdict)

@@ -1,0 +1,108 @@
+"""What a round costs on this machine: the policy's price list.
+
+The curves are measured once per model file and setting (calibrate.py): seconds per llama_decode
+of n tokens, for the target and the draft. A calibration can be wrong for the run at hand (another
+process on the cores, a GPU clocking down, a reduced draft), and the host's own work per round
+(Python, numpy, ctypes) is not in it at all: so every round's measured decode times and host time
+correct the model online, and a plan that loses here stops looking good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from .plan import RoundOutcome
+
+LEARNING_RATE = 0.1  # weight of the newest round in the running corrections
+MAX_SURPRISE = 4.0  # one round moves a correction by at most this factor (a hiccup is not a trend)
+
+
+@dataclass
+class CostModel:
+    """Seconds per llama_decode of n tokens (measured points, linear in between and beyond), the
+    host's numpy work per drafted node, and what running rounds taught: a scale on each curve and
+    the host's seconds per round."""
+
+    verify_points: dict[int, float]
+    draft_points: dict[int, float]
+    host_per_node: float = 0.0
+    verify_scale: float = 1.0
+    draft_scale: float = 1.0
+    host_per_round: float = 0.0
+    host_per_call: float = 0.0  # Python and ctypes around a draft call, beyond its numpy work
+    _verify: np.ndarray = field(init=False, repr=False)
+    _draft: np.ndarray = field(init=False, repr=False)
+    _host_fit: "HostFit" = field(init=False, repr=False)
+
+    def __post_init__(self):
+        # tabulated for every batch size a tree can have: the policy asks thousands of times
+        self._verify = self._table(self.verify_points)
+        self._draft = self._table(self.draft_points)
+        self._host_fit = HostFit(self.host_per_round, self.host_per_call)
+
+    @staticmethod
+    def _table(points: dict[int, float], size: int = 513) -> np.ndarray:
+        xs = np.array(sorted(points), float)
+        ys = np.array([points[x] for x in sorted(points)], float)
+        n = np.arange(size, dtype=float)
+        table = np.interp(n, xs, ys)
+        if len(xs) > 1:  # beyond the last point: extend the last segment's slope
+            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            table[n > xs[-1]] = ys[-1] + slope * (n[n > xs[-1]] - xs[-1])
+        return table
+
+    def verify_s(self, n: int) -> float:
+        """A target pass over n tokens."""
+        return self.verify_scale * float(self._verify[n])
+
+    def draft_s(self, n: int) -> float:
+        """A draft call over n tokens."""
+        return self.draft_scale * float(self._draft[n])
+
+    def round_s(self, calls: Sequence[int], nodes: int) -> float:
+        """A round: draft calls of these sizes, a target pass over the root and nodes, and the
+        host's work."""
+        return (sum(self.draft_s(c) for c in calls) + self.verify_s(1 + nodes) + self.host_per_round
+                + self.host_per_call * len(calls) + self.host_per_node * (sum(calls) + nodes))
+
+    def plain_s(self) -> float:
+        """A round of plain decoding: the root alone."""
+        return self.round_s((), 0)
+
+    def learn(self, outcome: RoundOutcome) -> None:
+        """Move the corrections towards what this round measured."""
+        target_s, draft_s = outcome.decode
+        self.verify_scale = _toward(self.verify_scale, target_s / float(self._verify[outcome.tree.n]))
+        if outcome.draft_sizes:
+            predicted = sum(float(self._draft[min(n, self._draft.size - 1)]) for n in outcome.draft_sizes)
+            self.draft_scale = _toward(self.draft_scale, draft_s / predicted)
+        scanned = sum(outcome.draft_sizes) + outcome.tree.n_drafted
+        host = max(outcome.round_s - target_s - draft_s - self.host_per_node * scanned, 0.0)
+        self.host_per_round, self.host_per_call = self._host_fit.add(outcome.draft_calls, host)
+
+
+def _toward(scale: float, measured: float) -> float:
+    measured = min(max(measured, scale / MAX_SURPRISE), scale * MAX_SURPRISE)
+    return scale + LEARNING_RATE * (measured - scale)
+
+
+class HostFit:
+    """host seconds = per_round + per_call * draft calls, fitted by recursive least squares with
+    forgetting: plain rounds tell the first term, rounds with draft calls the second."""
+
+    FORGET = 0.97
+
+    def __init__(self, per_round: float, per_call: float):
+        self.theta = np.array([per_round, per_call])
+        self.P = np.eye(2) * 1e2  # little confidence in the starting values
+
+    def add(self, calls: int, host_s: float) -> tuple[float, float]:
+        x = np.array([1.0, calls])
+        Px = self.P @ x
+        gain = Px / (self.FORGET + x @ Px)
+        self.theta = self.theta + gain * (host_s - x @ self.theta)
+        self.P = (self.P - np.outer(gain, Px)) / self.FORGET
+        return max(float(self.theta[0]), 0.0), max(float(self.theta[1]), 0.0)
