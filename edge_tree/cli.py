@@ -18,6 +18,7 @@ from .core.engine import Engine
 from .core.options import GenOptions, LoadOptions, click_options, split_options
 from .errors import EdgeTreeError, UsageError, user_errors
 from .files import write_text
+from .records import StepRecord
 
 GENERATE_EXAMPLES = """
 \b
@@ -78,7 +79,8 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
         # bytes that are not UTF-8 reach the tokenizer as they are, as they would from argv
         prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     from .core.stats import format_stats
-    from .viz.trace import TraceWriter, check_formats, check_trace_dir
+    from .viz.jsonl import TraceWriter, check_formats, check_trace_dir
+    from .viz.outputs import trace_sinks
 
     with user_errors(), Interrupt() as interrupt:
         # everything that can be checked without a model is checked before one loads: option
@@ -91,7 +93,8 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
         if stats_json:
             _check_writable_file(stats_json, "--stats-json")
         engine = Engine(options=load_options, progress=True)
-        with engine, TraceWriter(trace_dir, formats) if trace_dir else _nothing() as trace:
+        writer = TraceWriter(trace_dir, trace_sinks(trace_dir, formats)) if trace_dir else _nothing()
+        with engine, writer as trace:
             if trace:
                 trace.write_header({"target": engine.target_path, "draft": engine.draft_path,
                                     "mode": gen_options.mode or ("tree" if engine.has_draft else "ar"),
@@ -143,15 +146,15 @@ def _step_sink(trace, show_tree: bool):
     """The on_step callback: write the record to the trace, draw it on stderr, or both."""
     if not trace and not show_tree:
         return None
-    from .viz.render import text_tree
+    from .viz.terminal import text_tree
 
     color = sys.stderr.isatty()
 
-    def sink(record) -> None:
+    def sink(record: StepRecord) -> None:
         if trace:
-            trace.write_step(record.to_json())
+            trace.write_step(record)
         if show_tree:
-            sys.stderr.write("\n" + text_tree(record.to_json(), color=color) + "\n")
+            sys.stderr.write("\n" + text_tree(record, color=color) + "\n")
             sys.stderr.flush()
 
     return sink
@@ -164,8 +167,8 @@ def _step_sink(trace, show_tree: bool):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 def render(trace_file, formats, out_dir):
     """Re-draw the pictures of a trace (TRACE_FILE: trace.jsonl or its directory); no model needed."""
-    from .viz.render import render_trace
-    from .viz.trace import RENDER_FORMATS, check_formats
+    from .viz.jsonl import RENDER_FORMATS, check_formats
+    from .viz.outputs import render_trace
 
     with user_errors():
         formats = check_formats(formats, option="--format", allowed=RENDER_FORMATS)

@@ -119,7 +119,7 @@ def _parse(record: dict) -> StepRecord:
         draft_prob=column("draft_prob", _number), draft_logprob=column("draft_logprob", _number),
         cum_logprob=column("cum_logprob", _number), target_prob=column("target_prob", _number))
     accepted = [_node(i, n) for i in record.get("accepted", [])]
-    return StepRecord(step=_index(record["step"]), mode=str(record.get("mode", "")),
+    return StepRecord(step=_step_number(record["step"]), mode=str(record.get("mode", "")),
                       position=_index(record.get("position", 0)), nodes=nodes, accepted=accepted,
                       bonus=_node(record["bonus"], n),
                       best_path=[_node(i, n) for i in record.get("best_path", [])],
@@ -131,6 +131,13 @@ def _index(value) -> int:
     if isinstance(value, bool):
         raise TypeError(f"expected an integer, got {value!r}")
     return operator.index(value)
+
+
+def _step_number(value) -> int:
+    number = _index(value)
+    if number < 0:
+        raise ValueError("a step number is not negative")  # it names the step's picture files
+    return number
 
 
 def _node(value, n: int) -> int:

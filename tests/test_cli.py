@@ -98,6 +98,30 @@ def test_stats_prints_a_summary_on_stderr(tiny_target, tiny_draft_same, tmp_path
     assert f"drafted {stats['drafted']}, accepted {stats['accepted']}" in r.stderr
 
 
+def test_trace_dir_pictures_report_show_tree_and_render(tiny_target, tiny_draft_other, tmp_path):
+    """generate writes the trace, each step's pictures and the report as the run goes, --show-tree
+    draws each round on stderr; render draws them again from the trace alone."""
+    from edge_tree.viz.jsonl import read_trace
+
+    trace_dir = tmp_path / "t"
+    r = invoke("generate", "-m", str(tiny_target), "-md", str(tiny_draft_other), "-n", "8", "-t", THREADS,
+               "--trace-dir", str(trace_dir), "--trace-format", "dot,svg", "--show-tree", "hello world")
+    assert r.exit_code == 0, r.stderr
+    header, steps, summary = read_trace(trace_dir)
+    assert steps and summary["stats"]["rounds"] == len(steps) and header["mode"] == "tree"
+    numbers = [f"{s.step:04d}" for s in steps]
+    assert sorted(p.name for p in trace_dir.iterdir()) == sorted(
+        ["trace.jsonl", "report.html"] + [f"step-{n}.{f}" for n in numbers for f in ("dot", "svg")])
+    assert r.stderr.count("\u25cf ") == len(steps)  # one tree (its root line) per round
+    assert f"step {steps[0].step} \u00b7 tree \u00b7 pos" in r.stderr
+
+    out = tmp_path / "again"
+    r = invoke("render", str(trace_dir), "--format", "png,html", "--out", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"{len(steps) + 1} files in {out}\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["report.html"] + [f"step-{n}.png" for n in numbers])
+
+
 def test_context_full_stop_says_so_on_stderr(tiny_target):
     r = invoke("generate", "-m", str(tiny_target), "-n", "1000", "-c", "16", "--context-full", "stop",
                "-t", THREADS, "--stats", "hello world")

@@ -25,7 +25,7 @@ from edge_tree import Engine, EdgeTreeError
 from edge_tree.llamacpp import llama
 from edge_tree.cli import Interrupt, main
 from edge_tree.llamacpp.modelfile import check_gguf
-from edge_tree.viz.trace import read_trace
+from edge_tree.viz.jsonl import read_trace
 
 from test_cli import assert_one_line_error, edge_tree_exe, run
 
@@ -303,10 +303,10 @@ def test_ctrl_c_stops_at_a_round_boundary_and_keeps_text_and_trace(tiny_target, 
     assert records[0]["type"] == "header" and records[-1]["type"] == "summary"
     header, steps, summary = read_trace(trace_dir)
     assert len(steps) == len(records) - 2 >= 1
-    for step in steps:
-        n = len(step["nodes"]["token"])
-        assert all(len(column) == n for column in step["nodes"].values())
-        assert step["bonus"] == n - 1 and "timings" in step
+    for record, step in zip(records[1:-1], steps):
+        n = len(record["nodes"]["token"])
+        assert all(len(column) == n for column in record["nodes"].values())
+        assert step.bonus == step.n - 1 == n - 1 and "total_s" in step.timings
     assert summary["stats"]["stop_reason"] == "interrupted"
     assert summary["text"] + "\n" == stdout  # what was printed is what was generated
     assert summary["stats"]["rounds"] == len(steps)
@@ -332,7 +332,7 @@ def test_max_time_is_honoured_within_one_round(tiny_target, tiny_draft_other, tm
     assert proc.returncode == 0 and "Traceback" not in err, err
     stats = json.loads(stats_file.read_text())
     _, steps, _ = read_trace(trace_dir)
-    longest_round = max(step["timings"]["total_s"] for step in steps)
+    longest_round = max(step.timings["total_s"] for step in steps)
     assert stats["stop_reason"] == "max_time"
     assert max_time <= stats["wall_s"] < max_time + longest_round + 0.5, (stats["wall_s"], longest_round)
     assert stats["tokens"] > 0 and proc.stdout.decode().strip()

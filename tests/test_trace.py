@@ -1,4 +1,4 @@
-"""The JSONL trace: writer, reader, option checks; synthetic records only (no model)."""
+"""The JSONL trace: writer, sinks, reader, option checks; synthetic records only (no model)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 
 from edge_tree.errors import EdgeTreeError, UsageError
-from edge_tree.viz.trace import (
-    RENDER_FORMATS,
-    TraceWriter,
-    check_formats,
-    check_trace_dir,
-    read_trace,
-)
+from edge_tree.records import StepRecord
+from edge_tree.viz.jsonl import RENDER_FORMATS, TraceWriter, check_formats, check_trace_dir, read_trace
+from edge_tree.viz.outputs import trace_sinks
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the record builders live next door
-from test_render import make_record, nasty_record  # noqa: E402
+from test_render import make_record, make_step, nasty_step  # noqa: E402
 
 HAVE_DOT = shutil.which("dot") is not None
 # The suite's set-up installs Graphviz: a missing `dot` fails these tests, it does not skip them.
@@ -34,13 +31,13 @@ SUMMARY = {"type": "summary", "stats": {"tokens": 12, "wall_s": 0.5, "tokens_per
 
 
 def steps():
-    return [make_record(1), nasty_record(2), make_record(3, accept=()), make_record(4, n_nodes=200,
-                                                                                    branching=(6, 4, 3, 3))]
+    return [make_step(1), nasty_step(2), make_step(3, accept=()), make_step(4, n_nodes=200, branching=(6, 4, 3, 3))]
 
 
-def write(tmp_path: Path, recs=None, summary=True, **kw) -> Path:
+def write(tmp_path: Path, recs=None, summary=True, formats=("jsonl",), report=True) -> Path:
+    """A trace with the sinks the CLI gives it: pictures for formats, and report.html."""
     recs = steps() if recs is None else recs
-    with TraceWriter(tmp_path, **kw) as tw:
+    with TraceWriter(tmp_path, trace_sinks(tmp_path, check_formats(formats), report=report)) as tw:
         tw.write_header(HEADER)
         for r in recs:
             tw.write_step(r)
@@ -53,6 +50,7 @@ def test_round_trip(tmp_path):
     recs = steps()
     path = write(tmp_path, recs, report=False)
     header, got, summary = read_trace(path)
+    assert all(isinstance(r, StepRecord) for r in got)
     assert header == HEADER and got == recs and summary == SUMMARY
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b"" and len(lines) == len(recs) + 3  # one record per line, newline-terminated
@@ -62,35 +60,34 @@ def test_round_trip(tmp_path):
 
 
 def test_round_trip_fills_type_and_version(tmp_path):
-    rec = make_record(1)
-    del rec["type"]
-    with TraceWriter(tmp_path, report=False) as tw:
+    with TraceWriter(tmp_path) as tw:
         tw.write_header({"target": "t", "draft": None, "mode": "ar"})
-        tw.write_step(rec)
+        tw.write_step(make_step(1))
         tw.write_summary({"stats": {}, "text": ""})
     header, (step,), summary = read_trace(tmp_path)
     assert header["type"] == "header" and header["version"] == 1
-    assert step == {"type": "step", **rec}
+    assert step == make_step(1)
+    assert json.loads((tmp_path / "trace.jsonl").read_text().split("\n")[1])["type"] == "step"
     assert summary == {"type": "summary", "stats": {}, "text": ""}
 
 
 def test_non_finite_and_numpy_values(tmp_path):
     import numpy as np
-    rec = make_record(1)
-    rec["nodes"]["cum_logprob"][3] = float("-inf")
-    rec["nodes"]["draft_prob"][3] = np.float32(0.5)
-    rec["accepted"] = [np.int64(i) for i in rec["accepted"]]
-    rec["bonus"] = np.int64(rec["bonus"])
-    rec["timings"]["draft_s"] = np.float64(0.25)
+    rec = make_step(1)  # the engine's records may carry numpy numbers
+    rec.nodes.cum_logprob[3] = float("-inf")
+    rec.nodes.draft_prob[3] = np.float32(0.5)
+    rec.accepted = [np.int64(i) for i in rec.accepted]
+    rec.bonus = np.int64(rec.bonus)
+    rec.timings["draft_s"] = np.float64(0.25)
     write(tmp_path, [rec], report=False)
     _, (got,), _ = read_trace(tmp_path)
-    assert got["nodes"]["cum_logprob"][3] == -math.inf
-    assert got["nodes"]["draft_prob"][3] == 0.5 and type(got["accepted"][0]) is int
-    assert got["bonus"] == rec["bonus"] and got["timings"]["draft_s"] == 0.25
+    assert got.nodes.cum_logprob[3] == -math.inf
+    assert got.nodes.draft_prob[3] == 0.5 and type(got.accepted[0]) is int
+    assert got.bonus == rec.bonus and got.timings["draft_s"] == 0.25
 
 
 def test_lines_are_ascii_and_one_per_record(tmp_path):
-    rec = make_record(1, texts=["a\u2028b", "\u2029", "\n", "\r", "🙂", "\ud800"])  # line separators, lone surrogate
+    rec = make_step(1, texts=["a\u2028b", "\u2029", "\n", "\r", "🙂", "\ud800"])  # line separators, lone surrogate
     path = write(tmp_path, [rec], report=False)
     data = path.read_bytes()
     data.decode("ascii")
@@ -99,13 +96,13 @@ def test_lines_are_ascii_and_one_per_record(tmp_path):
 
 
 def test_each_line_is_flushed_before_close(tmp_path):
-    with TraceWriter(tmp_path, report=False) as tw:
+    with TraceWriter(tmp_path) as tw:
         tw.write_header(HEADER)
-        tw.write_step(make_record(1))
+        tw.write_step(make_step(1))
         # another reader sees a valid trace while the run goes on (a killed run leaves this)
         header, got, summary = read_trace(tmp_path / "trace.jsonl")
         assert header == HEADER and len(got) == 1 and summary is None
-        tw.write_step(make_record(2))
+        tw.write_step(make_step(2))
         assert len(read_trace(tmp_path)[1]) == 2
 
 
@@ -145,12 +142,17 @@ def test_broken_lines(tmp_path):
     assert len(read_trace(path)[1]) == 1  # unknown records and blank lines are skipped
     with pytest.raises(EdgeTreeError, match="no trace file"):
         read_trace(tmp_path / "missing.jsonl")
+    broken = make_record(2)
+    broken["nodes"]["parent"][3] = 7  # a parent after its child
+    path.write_text(good + json.dumps(broken) + "\n")
+    with pytest.raises(EdgeTreeError, match=r"trace\.jsonl:3: step 2: not a valid step record \(node 3 has parent 7"):
+        read_trace(path)
 
 
 def test_writer_order_is_enforced(tmp_path):
-    with TraceWriter(tmp_path, report=False) as tw:
+    with TraceWriter(tmp_path) as tw:
         with pytest.raises(ValueError):
-            tw.write_step(make_record(1))
+            tw.write_step(make_step(1))
         tw.write_header(HEADER)
         with pytest.raises(ValueError):
             tw.write_header(HEADER)
@@ -169,10 +171,10 @@ def test_step_files_and_report(tmp_path):
 
 def test_report_written_when_the_run_dies(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        with TraceWriter(tmp_path, formats="dot") as tw:
+        with TraceWriter(tmp_path, trace_sinks(tmp_path, ["dot"])) as tw:
             tw.write_header(HEADER)
-            tw.write_step(make_record(1))
-            tw.write_step(make_record(2))
+            tw.write_step(make_step(1))
+            tw.write_step(make_step(2))
             raise KeyboardInterrupt
     header, got, summary = read_trace(tmp_path)
     assert len(got) == 2 and summary is None
@@ -182,25 +184,66 @@ def test_report_written_when_the_run_dies(tmp_path):
 
 
 def test_reopening_a_trace_dir_replaces_the_old_trace(tmp_path):
-    write(tmp_path, formats="dot", report=False)
+    write(tmp_path, formats="dot")
+    assert (tmp_path / "report.html").exists()
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "step-x.dot").write_text("not ours")
-    write(tmp_path, [make_record(1)], formats="dot", report=False)
+    write(tmp_path, [make_step(1)], formats="dot", report=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["notes.txt", "step-0001.dot", "step-x.dot", "trace.jsonl"]
 
 
 def test_picture_failure_does_not_stop_the_run(tmp_path, monkeypatch, capsys):
-    import edge_tree.viz.render as render
+    import edge_tree.viz.graph as graph
 
     def boom(*a, **k):
         raise EdgeTreeError("dot crashed")
 
-    monkeypatch.setattr(render, "write_step_files", boom)
-    write(tmp_path, formats="dot", report=False)
+    monkeypatch.setattr(graph, "write_step_files", boom)
+    write(tmp_path, formats="dot")
     assert len(read_trace(tmp_path)[1]) == 4
+    assert (tmp_path / "report.html").exists()  # the other sink goes on
     err = capsys.readouterr().err
-    assert "could not draw step 1: dot crashed" in err and err.count("could not draw") == 3
+    assert "edge-tree: trace: pictures failed on step 1: dot crashed\n" in err
+    assert err.count("failed on step") == 3 and "further failures not shown" in err
+
+
+class Recorder:
+    """A sink as any caller can write one: a callable, told when the trace closes."""
+
+    def __init__(self):
+        self.steps, self.closed = [], []
+
+    def __call__(self, record):
+        self.steps.append(record.step)
+
+    def close(self, header, summary):
+        self.closed.append((header["mode"], summary is not None))
+
+
+def test_sinks_get_every_step_then_the_close(tmp_path):
+    recorder, calls = Recorder(), []
+    with TraceWriter(tmp_path, [recorder, calls.append]) as tw:
+        tw.write_header(HEADER)
+        for r in steps():
+            tw.write_step(r)
+        assert recorder.closed == []
+        tw.write_summary(SUMMARY)
+    assert recorder.steps == [1, 2, 3, 4] and [r.step for r in calls] == [1, 2, 3, 4]
+    assert recorder.closed == [("tree", True)]
+    with TraceWriter(tmp_path / "killed", [recorder]) as tw:  # no summary: an interrupted run
+        tw.write_header(HEADER)
+    assert recorder.closed[-1] == ("tree", False)
+
+
+def test_a_sink_that_fails_on_close_is_reported(tmp_path, capsys):
+    class Broken(Recorder):
+        def close(self, header, summary):
+            raise OSError("disk full")
+
+    with TraceWriter(tmp_path, [Broken()]) as tw:
+        tw.write_header(HEADER)
+    assert "edge-tree: trace: could not finish Broken: disk full" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +280,7 @@ def test_check_formats_without_dot(tmp_path, monkeypatch):
         assert not isinstance(e.value, UsageError)
     assert check_formats("jsonl,dot") == ("jsonl", "dot")
     # the dot format needs no program: graphviz's source writing is pure Python
-    write(tmp_path / "t", [make_record(1), nasty_record(2)], formats="dot")
+    write(tmp_path / "t", [make_step(1), nasty_step(2)], formats="dot")
     assert (tmp_path / "t" / "step-0002.dot").read_text("utf-8").startswith("digraph step2 {")
     assert "apt-get install graphviz" in (tmp_path / "t" / "report.html").read_text("utf-8")
 
