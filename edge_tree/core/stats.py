@@ -96,10 +96,15 @@ def format_stats(stats: dict) -> str:
                      + (f"; the draft proposes from {stats['draft_vocab']} tokens" if "draft_vocab" in stats else ""))
     lines.append(f"decode time: target {stats['target_decode_s']:.3f} s, draft {stats['draft_decode_s']:.3f} s, "
                  f"host {stats['host_s']:.3f} s ({stats['host_ms_per_token']:.2f} ms per token)")
-    offload = f"GPU offload: target {stats['target_gpu_layers']}/{stats['target_layers']} layers"
-    if "draft_layers" in stats:
-        offload += f", draft {stats['draft_gpu_layers']}/{stats['draft_layers']} layers"
-    if not stats["gpu_offload_supported"]:
-        offload += " (this llama.cpp build has no GPU support)"
-    lines.append(offload)
+    lines.append(format_offload(stats))
     return "\n".join(lines)
+
+
+def format_offload(state: dict) -> str:
+    """'GPU offload: target 19/19 layers, draft 0/19 layers', from the model state in the stats."""
+    offload = f"GPU offload: target {state['target_gpu_layers']}/{state['target_layers']} layers"
+    if "draft_layers" in state:
+        offload += f", draft {state['draft_gpu_layers']}/{state['draft_layers']} layers"
+    if not state["gpu_offload_supported"]:
+        offload += " (this llama.cpp build has no GPU support)"
+    return offload
