@@ -179,10 +179,9 @@ def test_run_bench_breaks_the_time_down(tiny_result):
     for run in tiny_result["runs"]:
         assert min(run["target_decode_s"], run["draft_decode_s"], run["host_s"]) >= 0
         assert run["rounds"] == run["target_passes"] >= 1
-        if run["row"] == "ar":
-            assert run["draft_decode_s"] == 0
         assert isinstance(run["acceptance_by_depth"], list)
-        assert (run["acceptance_by_depth"] == []) is (run["row"] == "ar")
+        if run["row"] == "ar":  # (the adaptive policy may decode a tree row plainly on tiny models)
+            assert run["draft_decode_s"] == 0 and run["acceptance_by_depth"] == []
     for row in tiny_result["rows"]:
         runs = [r for r in tiny_result["runs"] if r["row"] == row["name"]]
         host = sum(r["host_s"] for r in runs)

@@ -517,7 +517,8 @@ def test_report_acceptance_chart_is_the_stats_metric(request, tmp_path, tiny_tar
     from edge_tree.core.engine import Engine
 
     steps: list[StepRecord] = []
-    with Engine(str(tiny_target), str(request.getfixturevalue(draft)), threads=1, ctx_size=512) as engine:
+    with Engine(str(tiny_target), str(request.getfixturevalue(draft)), threads=1, ctx_size=512,
+                policy="fixed") as engine:  # a tree every round, whatever the tiny draft costs
         result = engine.generate(PROMPT, max_tokens=60, temperature=1.0, seed=3, on_step=steps.append,
                                  should_stop=lambda: rounds is not None and len(steps) >= rounds)
     assert len(steps) == result.stats["rounds"] and (rounds is None or len(steps) == rounds)
