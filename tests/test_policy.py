@@ -176,3 +176,13 @@ def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():
                                     0.0, 0.0012, 0.0017, (0.0012, 0.0)))
     tried = sum(p.use_model for p in plans)
     assert 1 <= tried <= 3 and not plans[-1].use_model
+
+
+def test_a_busier_machine_slows_the_draft_too_until_the_draft_is_measured():
+    cost = replace(CPU)
+    plain = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
+                         2 * CPU.verify_s(1), 2 * CPU.verify_s(1), (2 * CPU.verify_s(1), 0.0))
+    for _ in range(60):  # plain rounds only: the target runs at half the calibrated speed
+        cost.learn(plain)
+    assert cost.verify_scale == pytest.approx(2, rel=0.02)
+    assert cost.draft_s(1) == pytest.approx(2 * CPU.draft_s(1), rel=0.02)  # never measured, yet slower

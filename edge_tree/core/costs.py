@@ -29,8 +29,8 @@ class CostModel:
     verify_points: dict[int, float]
     draft_points: dict[int, float]
     host_per_node: float = 0.0
-    verify_scale: float = 1.0
-    draft_scale: float = 1.0
+    verify_scale: float = 1.0  # measured / calibrated, the target's passes
+    draft_relative: float = 1.0  # the draft's calls, relative to the target's correction
     host_per_round: float = 0.0
     host_per_call: float = 0.0  # Python and ctypes around a draft call, beyond its numpy work
     _verify: np.ndarray = field(init=False, repr=False)
@@ -58,6 +58,13 @@ class CostModel:
         """A target pass over n tokens."""
         return self.verify_scale * float(self._verify[n])
 
+    @property
+    def draft_scale(self) -> float:
+        """measured / calibrated, the draft's calls: a busier machine slows both models, so the
+        target's correction applies to the draft too (it is measured every round, the draft only
+        in rounds that call it)."""
+        return self.verify_scale * self.draft_relative
+
     def draft_s(self, n: int) -> float:
         """A draft call over n tokens."""
         return self.draft_scale * float(self._draft[n])
@@ -78,7 +85,7 @@ class CostModel:
         self.verify_scale = _toward(self.verify_scale, target_s / float(self._verify[outcome.tree.n]))
         if outcome.draft_sizes:
             predicted = sum(float(self._draft[min(n, self._draft.size - 1)]) for n in outcome.draft_sizes)
-            self.draft_scale = _toward(self.draft_scale, draft_s / predicted)
+            self.draft_relative = _toward(self.draft_relative, draft_s / (predicted * self.verify_scale))
         scanned = sum(outcome.draft_sizes) + outcome.tree.n_drafted
         host = max(outcome.round_s - target_s - draft_s - self.host_per_node * scanned, 0.0)
         self.host_per_round, self.host_per_call = self._host_fit.add(outcome.draft_calls, host)
