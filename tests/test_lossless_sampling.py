@@ -21,13 +21,16 @@ PROMPT = "The quick brown"
 SIGNIFICANCE = 1e-3
 
 
-def first_two_tokens(engine: Engine, mode: str, seed0: int, **kw) -> Counter:
-    """Generates 3 tokens (so the first round's tree is 2 levels deep) and counts the first 2."""
+def first_two_tokens(engine: Engine, mode: str, seed0: int, prompt: str = PROMPT, drafted: list | None = None,
+                     **kw) -> Counter:
+    """Generates 3 tokens (so the first round's tree is 2 levels deep) and counts the first 2;
+    `drafted` collects how many nodes each generation drafted."""
     counts = Counter()
     for i in range(N_SAMPLES):
-        result = engine.generate(PROMPT, max_tokens=3, mode=mode, seed=seed0 + i, record_steps=False,
-                                 **SETTINGS, **kw)
+        result = engine.generate(prompt, max_tokens=3, mode=mode, seed=seed0 + i, **SETTINGS, **kw)
         counts[tuple(result.tokens[:2])] += 1
+        if drafted is not None:
+            drafted.append(result.stats["drafted"])
     return counts
 
 
@@ -70,3 +73,18 @@ def test_the_same_test_catches_a_wrong_verifier(monkeypatch, tiny_target, tiny_d
                 policy="fixed") as e:
         tree_counts = first_two_tokens(e, "tree", seed0=50_000, max_depth=3, max_nodes_per_level=4)
     assert p_value(ar_counts, tree_counts) < SIGNIFICANCE
+
+
+# Text that repeats: prompt lookup finds the continuation of its last tokens earlier in it.
+LOOKUP_PROMPT = "one two three one two three one two three one two"
+
+
+def test_lookup_sampling_matches_the_target_distribution(tiny_target):
+    """--mode lookup: no draft model; the guesses form a deterministic tree (the rule that draws
+    x ~ p and descends on a match)."""
+    with Engine(str(tiny_target), threads=1, ctx_size=64) as e:
+        ar = first_two_tokens(e, "ar", seed0=10_000, prompt=LOOKUP_PROMPT)
+        drafted: list[int] = []
+        lookup = first_two_tokens(e, "lookup", seed0=50_000, prompt=LOOKUP_PROMPT, drafted=drafted)
+    assert len(ar) > 5 and sum(drafted) > N_SAMPLES  # guesses were made and verified
+    assert p_value(ar, lookup) > SIGNIFICANCE

@@ -121,3 +121,12 @@ def test_caches_hold_exactly_the_accepted_tokens_after_every_round(engine):
                 assert np.abs(cached - one_cell_missing).max() > 0.1
             else:
                 assert check[0] == check[1]
+
+
+def test_lookup_mode_needs_no_draft_and_is_plain_decoding(tiny_target):
+    prompt = "one two three four one two three four one two three"
+    with Engine(str(tiny_target), threads=1, ctx_size=512) as engine:  # no draft model
+        reference = engine.generate(prompt, max_tokens=32, mode="ar").tokens
+        got = engine.generate(prompt, max_tokens=32, mode="lookup")
+    assert_same_or_near_tie(engine, prompt, reference, got.tokens)
+    assert got.stats["drafted"] > 0 and got.stats["draft_calls"] == 0  # guesses, no draft model

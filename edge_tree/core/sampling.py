@@ -41,28 +41,40 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     """Dense probabilities over the vocabulary after temperature, top-k, top-p and min-p.
 
     Filters apply in llama.cpp's default order (top-k, top-p, min-p, then temperature on what
-    is left); min-p and top-p are judged on the untempered distribution as llama.cpp does.
+    is left); min-p and top-p are judged on the untempered distribution as llama.cpp does. Only
+    the tokens a filter must rank are sorted: never the whole vocabulary.
     """
     keep = np.arange(logits.size)
     if 0 < params.top_k < logits.size:
         keep = top_k_indices(logits, params.top_k)
-    kept_logits = logits[keep].astype(np.float64)
-    order = np.argsort(-kept_logits, kind="stable")
-    keep, kept_logits = keep[order], kept_logits[order]
-    probs = np.exp(kept_logits - kept_logits[0])
-    probs /= probs.sum()
-    n = probs.size
+    kept = logits[keep].astype(np.float64)
+    peak = kept.max()
     if params.top_p < 1.0:
-        # smallest prefix whose mass reaches top_p (always at least one token)
-        n = min(n, int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1)
-    if params.min_p > 0.0:
-        n = min(n, max(1, int(np.count_nonzero(probs[:n] >= params.min_p * probs[0]))))
-    keep, kept_logits = keep[:n], kept_logits[:n]
+        keep, kept = _nucleus(keep, kept, peak, params.top_p)
+    if params.min_p > 0.0:  # p >= min_p * p_max, i.e. logit >= peak + log(min_p)
+        near = kept >= peak + np.log(params.min_p)
+        keep, kept = keep[near], kept[near]
     temperature = params.temperature if params.temperature > 0 else 1.0
-    scaled = np.exp((kept_logits - kept_logits[0]) / temperature)
+    scaled = np.exp((kept - peak) / temperature)
     dense = np.zeros(logits.size, dtype=np.float64)
     dense[keep] = scaled / scaled.sum()
     return dense
+
+
+def _nucleus(keep: np.ndarray, kept: np.ndarray, peak: float, top_p: float):
+    """The smallest set of most likely tokens whose mass reaches top_p (at least one token): the
+    set lies within some window below the peak, so only the tokens there are sorted."""
+    weights = np.exp(kept - peak)
+    needed = top_p * weights.sum()
+    window = 2.0
+    near = kept >= peak - window
+    while weights[near].sum() < needed and not near.all():
+        window *= 2
+        near = kept >= peak - window
+    keep, kept, weights = keep[near], kept[near], weights[near]
+    order = np.lexsort((keep, -kept))  # likeliest first; equal logits: lower id first
+    n = min(order.size, int(np.searchsorted(np.cumsum(weights[order]), needed)) + 1)
+    return keep[order[:n]], kept[order[:n]]
 
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
