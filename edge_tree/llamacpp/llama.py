@@ -101,6 +101,20 @@ def _why(lines: list[str], n: int = 3) -> str:
     return " | ".join(lines[-n:])
 
 
+def _load_failure(log: list[str]) -> str:
+    """Why llama.cpp refused a model file. It says so in a line "llama_model_load: error loading
+    model: <reason>"; where its GGUF reader refused the file, that reason is only "failed to load
+    model from PATH", and the reader's own first line says what is wrong."""
+    reasons = [line.split("error loading model:", 1)[1].strip() for line in log
+               if "error loading model:" in line]
+    if not reasons:
+        return _why(log)
+    gguf_reasons = [line.split(":", 1)[1].strip() for line in log if line.startswith("gguf_init_from")]
+    if "failed to load model from" in reasons[-1] and gguf_reasons:
+        return gguf_reasons[0]
+    return reasons[-1]
+
+
 def _cpu_has_amx() -> bool:
     """Whether this CPU has Intel AMX tiles (Linux: the amx_* flags in /proc/cpuinfo)."""
     try:
@@ -142,10 +156,7 @@ class Model:
         with captured_log() as log:
             self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
-            # llama.cpp says why in a line "llama_model_load: error loading model: <reason>"
-            reasons = [line.split("error loading model:", 1)[1].strip() for line in log
-                       if "error loading model:" in line]
-            why = reasons[-1] if reasons else _why(log)
+            why = _load_failure(log)
             raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {why}" if why else ""))
         self.requested_gpu_layers = n_gpu_layers
         self._vocab = C.llama_model_get_vocab(self._ptr)
