@@ -103,13 +103,19 @@ class HostFit:
     FORGET = 0.97
 
     def __init__(self, per_round: float, per_call: float):
-        self.theta = np.array([per_round, per_call])
-        self.P = np.eye(2) * 1e2  # little confidence in the starting values
+        self.a, self.b = per_round, per_call
+        # covariance of (a, b): little confidence in the starting values. Plain floats, not
+        # numpy: this runs every round, and a 2x2 is cheaper by hand than through numpy
+        self.p_aa, self.p_ab, self.p_bb = 100.0, 0.0, 100.0
 
     def add(self, calls: int, host_s: float) -> tuple[float, float]:
-        x = np.array([1.0, calls])
-        Px = self.P @ x
-        gain = Px / (self.FORGET + x @ Px)
-        self.theta = self.theta + gain * (host_s - x @ self.theta)
-        self.P = (self.P - np.outer(gain, Px)) / self.FORGET
-        return max(float(self.theta[0]), 0.0), max(float(self.theta[1]), 0.0)
+        x = float(calls)  # the features are (1, calls)
+        pa, pb = self.p_aa + self.p_ab * x, self.p_ab + self.p_bb * x  # P @ (1, x)
+        scale = 1.0 / (self.FORGET + pa + pb * x)
+        ga, gb = pa * scale, pb * scale
+        error = host_s - (self.a + self.b * x)
+        self.a, self.b = self.a + ga * error, self.b + gb * error
+        self.p_aa = (self.p_aa - ga * pa) / self.FORGET
+        self.p_ab = (self.p_ab - ga * pb) / self.FORGET
+        self.p_bb = (self.p_bb - gb * pb) / self.FORGET
+        return max(self.a, 0.0), max(self.b, 0.0)

@@ -201,6 +201,8 @@ class _Run:
         """The policy's plan, cut to the hard limits: the user's caps, the KV cells left beside
         the committed tokens, the sequences a tree may use, and the tokens still wanted."""
         plan = self.policy.plan(self.mode, self.caps)
+        if not self.drafter:
+            return plan  # plain decoding: nothing to cut
         cells = self.models.target_ctx.n_ctx - n_tokens
         remaining = self.options.max_tokens - len(self.generated)  # no point drafting past the end
         depth_cap = max(0, min(self.caps.max_depth or NO_CAP, remaining - 1, cells - 1))
@@ -208,7 +210,7 @@ class _Run:
                               self.models.target_ctx.n_seq_max - 1))
         depth = min(plan.max_depth, depth_cap)
         nodes = min(plan.max_total_nodes, node_cap) if depth else 0
-        extra = self.drafter.extra_nodes if self.drafter else 0
+        extra = self.drafter.extra_nodes
         wanted = extra if plan.guess_nodes is None else min(plan.guess_nodes, extra)
         return replace(plan, max_depth=depth, max_total_nodes=nodes, guess_depth=depth_cap,
                        guess_nodes=min(wanted, node_cap - nodes) if depth_cap else 0)

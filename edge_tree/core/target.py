@@ -48,9 +48,13 @@ class TargetRunner:
         """Keep prefix + root + accepted path (ending at last_node) as seq 0, drop the rest."""
         seq = self._seqs[last_node][0]
         end = self.n_cached + int(tree.depth[last_node]) + 1
-        self.ctx.seq_rm(seq, end, -1)
-        if seq != 0:
-            self.ctx.seq_keep(seq)
-            self.ctx.seq_cp(seq, 0)
-        self.ctx.seq_keep(0)
+        # each cache operation scans every cell: skip those with nothing to do (plain decoding
+        # keeps all it decoded, a chain has no other branch)
+        if end < self.n_cached + tree.n:
+            self.ctx.seq_rm(seq, end, -1)
+        if len(self._seqs[0]) > 1:  # the root is in several branches
+            if seq != 0:
+                self.ctx.seq_keep(seq)
+                self.ctx.seq_cp(seq, 0)
+            self.ctx.seq_keep(0)
         self.n_cached = end

@@ -325,7 +325,7 @@ class Context:
         self.n_seq_max = n_seq_max
         self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
-        self._n_vocab = model.n_vocab
+        self._row_type = ctypes.c_float * model.n_vocab  # a row of logits, viewed without a copy
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
 
@@ -368,7 +368,7 @@ class Context:
         ptr = C.llama_get_logits_ith(self._ptr, i)
         if not ptr:
             raise EdgeTreeError(f"internal: no logits for batch index {i}")
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
 
     # -- KV cache -------------------------------------------------------------------------
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
