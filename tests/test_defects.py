@@ -97,7 +97,7 @@ def test_writing_a_reduced_draft_that_fails_leaves_no_file(tiny_draft_other, tmp
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", broken)
     with pytest.raises(Exception, match="No space left"):
-        draft_vocab.write_reduced(tiny_draft_other, tmp_path / "reduced.gguf", np.arange(64))
+        draft_vocab.write_reduced(tiny_draft_other, tmp_path / "reduced.gguf", np.arange(64), 0.9)
     assert list(tmp_path.iterdir()) == []
 
 

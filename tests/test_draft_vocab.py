@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_tree.core.costs import CostModel
+from edge_tree.core.policy import smaller_vocabulary_pays
 from edge_tree.llamacpp import draft_vocab, llama
 from edge_tree.cli import main
 from edge_tree.core.engine import Engine
@@ -99,12 +101,45 @@ def choose(usage, keep, size) -> list[int]:
     return draft_vocab.choose_ids(usage, keep, size).tolist()
 
 
-def test_auto_reduces_only_large_vocabularies():
-    assert draft_vocab.wanted("auto", 262_144) == draft_vocab.DEFAULT_SIZE
-    assert draft_vocab.wanted("auto", 32_000) is None
-    assert draft_vocab.wanted("full", 262_144) is None
-    assert draft_vocab.wanted(1000, 512) is None  # no smaller than the vocabulary itself
-    assert draft_vocab.wanted(100, 512) == 100
+def test_auto_tries_a_copy_only_for_large_vocabularies(tiny_draft_other):
+    with llama.Model(tiny_draft_other) as tiny:  # 512 tokens: too few for auto to try
+        assert draft_vocab.wanted("auto", tiny) is None
+        assert draft_vocab.wanted("full", tiny) is None
+        assert draft_vocab.wanted(1000, tiny) is None  # no smaller than the vocabulary itself
+        assert draft_vocab.wanted(100, tiny) == 100
+
+
+@pytest.mark.demo
+def test_the_demo_drafts_output_matrix_is_most_of_a_call(demo_pair):
+    """Gemma 3 270M: the 262k-row output matrix (tied to the input table) is most of what a
+    one-token call reads, so auto tries the 32k copy (FIELD.md section 4: 63% of the compute)."""
+    with llama.Model(demo_pair.draft) as draft:
+        assert draft_vocab.estimated_saving(draft.path, draft_vocab.DEFAULT_SIZE) > 0.4
+        assert draft_vocab.wanted("auto", draft) == draft_vocab.DEFAULT_SIZE
+
+
+# Measured on 2 cores (FIELD.md section 5 and this machine): the F32 target; the Q4_K_M demo draft,
+# full (16.5 ms a call) and reduced to 32k tokens (6.7 ms).
+CPU_TARGET = {1: .0416, 2: .0516, 4: .0582, 8: .0778, 16: .1036}
+CPU_FULL = {1: .0165, 2: .0290, 4: .0400, 8: .0600, 16: .0980}
+CPU_REDUCED = {1: .0067, 2: .0100, 4: .0140, 8: .0230, 16: .0420}
+# An H200 (FIELD.md section 7): a call is paid per layer, not per byte; the full-vocabulary copy
+# of the logits and its scan on the host add about a millisecond a call.
+GPU_TARGET = {1: .00120, 2: .00139, 4: .00196, 8: .00216, 16: .00233}
+GPU_DRAFT = {1: .00118, 2: .00135, 4: .00190, 8: .00210, 16: .00230}
+
+
+def test_auto_keeps_the_copy_where_its_measured_saving_outweighs_its_coverage():
+    full = CostModel(CPU_TARGET, CPU_FULL, host_per_node=0.0004)
+    reduced = CostModel(CPU_TARGET, CPU_REDUCED, host_per_node=0.00005)
+    assert smaller_vocabulary_pays(full, reduced, coverage=0.97)
+    assert not smaller_vocabulary_pays(full, full, coverage=0.97)  # no saving: the loss decides
+
+
+def test_auto_drops_the_copy_where_calls_cost_the_same():
+    full = CostModel(GPU_TARGET, GPU_DRAFT, host_per_node=0.0001)
+    reduced = CostModel(GPU_TARGET, GPU_DRAFT, host_per_node=0.0001)
+    assert not smaller_vocabulary_pays(full, reduced, coverage=0.9)
 
 
 @pytest.mark.parametrize("value", ["1", "many", "-5"])

@@ -21,7 +21,7 @@ from .lookup import LookupDrafter
 from .model_drafter import DraftModelDrafter
 from .options import LoadOptions
 from .costs import CostModel
-from .policy import AdaptivePolicy, FixedPolicy, Policy
+from .policy import AdaptivePolicy, FixedPolicy, Policy, smaller_vocabulary_pays
 from .target import TargetRunner
 
 
@@ -43,19 +43,13 @@ class LoadedModels:
         self.target_path = str(check_gguf(target, "target"))
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         threads, n_ctx = options.threads, options.ctx_size
-        self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers))
-        self.draft_model = self.reduced = None
-        if self.draft_path:
-            self.draft_model = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers))
-            check_vocab(self.target_model, self.draft_model)
-            self.reduced = draft_vocabs.load(self.draft_model, options.draft_vocab, cache_dir(), threads,
-                                             options.draft_n_gpu_layers, progress)
-            if self.reduced:  # the reduced copy replaces the full draft
-                self.draft_model.close()
-                self.draft_model = self._keep(self.reduced.model)
         n_seq = llama.max_parallel_sequences()
+        self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers))
         self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
         self.target = self._keep(TargetRunner(self.target_ctx))
+        self.draft_model = self.reduced = None
+        if self.draft_path:
+            self._load_draft(options, progress)
         self.draft_ctx = self.model_drafter = None
         reduced = self.reduced
         if self.draft_model:
@@ -66,6 +60,35 @@ class LoadedModels:
         self.lookup_drafter = LookupDrafter()
         self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
         self.policy = self._make_policy(options.policy)
+
+    def _load_draft(self, options: LoadOptions, progress: bool) -> None:
+        """The draft as given, or the reduced-vocabulary copy derived from it (llamacpp.draft_vocab)
+        where asked, or, under auto, where it is measured to pay on this machine."""
+        full = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers))
+        check_vocab(self.target_model, full)
+        reduced = draft_vocabs.load(full, options.draft_vocab, cache_dir(), options.threads,
+                                    options.draft_n_gpu_layers, progress)
+        if reduced and options.draft_vocab == "auto" and not self._reduced_pays(full, reduced, options.threads):
+            reduced.model.close()
+            reduced = None
+        if reduced:  # the reduced copy replaces the full draft
+            full.close()
+            self._keep(reduced.model)
+        self.reduced = reduced
+        self.draft_model = reduced.model if reduced else full
+
+    def _reduced_pays(self, full: llama.Model, reduced, threads: int | None) -> bool:
+        """Whether the reduced copy's measured cost saving outweighs the proposals it can no
+        longer make: the expected tokens per second of the best tree with each draft, on this
+        machine's measured costs, the full draft at the policy's prior acceptance and the copy
+        at that times its coverage."""
+        target = cached_costs(self.target_ctx, TARGET_SIZES)
+        with llama.Context(full, 64, threads=threads) as ctx:
+            full_cost = CostModel(target, cached_costs(ctx, DRAFT_SIZES), host_cost_per_node(full.n_vocab))
+        with llama.Context(reduced.model, 64, threads=threads, embed=reduced.embed) as ctx:
+            reduced_cost = CostModel(target, cached_costs(ctx, DRAFT_SIZES),
+                                     host_cost_per_node(reduced.model.n_vocab))
+        return smaller_vocabulary_pays(full_cost, reduced_cost, reduced.coverage)
 
     def _make_policy(self, name: str) -> Policy:
         if name == "fixed" or not self.draft_ctx:  # without a draft, every mode has a fixed plan

@@ -216,6 +216,19 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
     return best
 
 
+def expected_rate(cost: CostModel, pi: np.ndarray) -> float:
+    """Expected tokens per second of the best tree for these costs and acceptance by rank."""
+    shape = best_shape(Caps(), pi, cost)
+    return shape_rate(shape, pi, cost)
+
+
+def smaller_vocabulary_pays(full: CostModel, reduced: CostModel, coverage: float) -> bool:
+    """Whether a draft with a reduced vocabulary beats the full one: the full draft at the prior
+    acceptance, the reduced one at that times its coverage (the share of proposals it can make)."""
+    prior = RankAcceptance().pi()
+    return expected_rate(reduced, prior * coverage) > expected_rate(full, prior)
+
+
 def slot_floor(rate: float, cost: CostModel) -> float:
     """Reach below which a drafted node is not worth its verify slot: its expected tokens per
     second of extra verify time fall below the round's rate."""

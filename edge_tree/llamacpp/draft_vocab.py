@@ -31,7 +31,11 @@ from ..progress import Progress
 DEFAULT_SIZE = 32768
 # Below this vocabulary size the output matrix is no longer the draft's main cost.
 MIN_FULL_VOCAB = 4 * DEFAULT_SIZE
+# auto derives a copy only where the output matrix rows it drops are at least this share of
+# what a draft call reads: less is not worth the acceptance a smaller vocabulary loses
+MIN_SAVING = 0.15
 IDS_KEY = "edge_tree.draft_vocab.ids"
+COVERAGE_KEY = "edge_tree.draft_vocab.coverage"
 USAGE_SEQS, USAGE_STEPS, USAGE_SEED = 32, 64, 0  # 2,048 sampled contexts: about 15 s, once
 
 
@@ -44,15 +48,37 @@ class DraftVocab:
     ids: np.ndarray  # reduced id -> target id, ascending
     embed: "InputTable"
     full_vocab: int
+    # the draft's own probability mass on the kept tokens, over the contexts it was chosen from:
+    # about the share of its proposals the copy can still make
+    coverage: float
 
 
-def wanted(size: int | str, n_vocab: int) -> int | None:
-    """The reduced vocabulary size to use, or None for the full draft. size: "auto", "full", or K."""
+def wanted(size: int | str, full: llama.Model) -> int | None:
+    """The reduced vocabulary size to try, or None for the full draft. size: "auto", "full", or
+    K; auto tries DEFAULT_SIZE where a large vocabulary makes the output matrix a large share of
+    what a draft call reads (the engine then measures whether the copy pays)."""
     if size == "full":
         return None
     if size == "auto":
-        return DEFAULT_SIZE if n_vocab >= MIN_FULL_VOCAB else None
-    return int(size) if int(size) < n_vocab else None
+        big = full.n_vocab >= MIN_FULL_VOCAB and estimated_saving(full.path, DEFAULT_SIZE) >= MIN_SAVING
+        return DEFAULT_SIZE if big else None
+    return int(size) if int(size) < full.n_vocab else None
+
+
+def estimated_saving(path: Path, k: int) -> float:
+    """The share of the bytes a one-token draft call reads that a k-token copy drops: the output
+    matrix's other rows (the input table is read a row a token, unless it is the output too)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    tensors = describe_gguf(path, "draft")["tensors"]
+    sizes = {}
+    for name, (qtype, dims, _) in tensors.items():
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+        sizes[name] = int(np.prod(dims)) // block * type_size
+    output = "output.weight" if "output.weight" in sizes else "token_embd.weight"
+    read = sum(sizes.values()) - (sizes.get("token_embd.weight", 0) if output == "output.weight" else 0)
+    n_vocab = tensors[output][1][-1]
+    return sizes[output] * max(0.0, 1 - k / n_vocab) / max(read, 1)
 
 
 def token_usage(model: llama.Model, threads: int | None) -> np.ndarray:
@@ -91,14 +117,15 @@ def must_keep(model: llama.Model) -> list[int]:
     return sorted({model.bos, model.eos, *eog} - {-1})
 
 
-def write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
+def write_reduced(src: Path, dst: Path, ids: np.ndarray, coverage: float) -> None:
     """Copy a GGUF model keeping only the given vocabulary rows (tokens, scores, types, the
-    embedding / output matrices), special token ids renumbered, ids stored under IDS_KEY.
-    Written whole or not at all: a failure partway leaves no temporary file."""
-    atomic_write(dst, lambda tmp: _write_reduced(src, tmp, ids), f"the reduced draft {dst}")
+    embedding / output matrices), special token ids renumbered, ids stored under IDS_KEY and the
+    coverage under COVERAGE_KEY. Written whole or not at all: a failure partway leaves no
+    temporary file."""
+    atomic_write(dst, lambda tmp: _write_reduced(src, tmp, ids, coverage), f"the reduced draft {dst}")
 
 
-def _write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
+def _write_reduced(src: Path, dst: Path, ids: np.ndarray, coverage: float) -> None:
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     reader = GGUFReader(src)
@@ -119,6 +146,7 @@ def _write_reduced(src: Path, dst: Path, ids: np.ndarray) -> None:
                 value = new_id.get(int(value), 0)
             writer.add_key_value(name, value, vtype, sub_type)
         writer.add_key_value(IDS_KEY, [int(i) for i in ids], GGUFValueType.ARRAY, GGUFValueType.INT32)
+        writer.add_key_value(COVERAGE_KEY, coverage, GGUFValueType.FLOAT32)
         for tensor in reader.tensors:
             data = tensor.data
             if tensor.name in ("token_embd.weight", "output.weight") and data.shape[0] == n_vocab:
@@ -162,7 +190,7 @@ def load(full: llama.Model, size: int | str, cache: Path, threads: int | None = 
     """The reduced-vocab copy of a loaded draft (derived on first use), or None where the full
     draft is wanted. With size "auto", a draft whose copy llama.cpp cannot load, or whose
     architecture does not take embeddings as it embeds tokens, stays as it is."""
-    k = wanted(size, full.n_vocab)
+    k = wanted(size, full)
     if k is None:
         return None
     try:
@@ -177,7 +205,7 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
           progress: bool) -> DraftVocab:
     source = full.path.resolve()
     stat = source.stat()
-    tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}"
+    tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}|coverage"
     digest = hashlib.sha1(tag.encode()).hexdigest()[:10]
     path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{digest}.gguf"
     if not path.exists():
@@ -186,7 +214,9 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
         start = time.perf_counter()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_reduced(full.path, path, choose_ids(token_usage(full, threads), must_keep(full), k))
+            usage = token_usage(full, threads)
+            ids = choose_ids(usage, must_keep(full), k)
+            write_reduced(full.path, path, ids, float(usage[ids].sum() / usage.sum()))
         except OSError as e:
             log.end("failed")
             raise EdgeTreeError(f"cannot write the reduced draft {path}: {e.strerror or e}") from None
@@ -194,7 +224,8 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
             log.end("failed")
             raise
         log.end(f"{time.perf_counter() - start:.0f} s")
-    ids = describe_gguf(path, "draft", (IDS_KEY,))["meta"][IDS_KEY].astype(np.int64)
+    meta = describe_gguf(path, "draft", (IDS_KEY, COVERAGE_KEY))["meta"]
+    ids = meta[IDS_KEY].astype(np.int64)
     table = InputTable(full.path)
     model = llama.Model(path, n_gpu_layers)
     try:
@@ -205,7 +236,7 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
     except BaseException:
         model.close()  # nobody else holds it yet
         raise
-    return DraftVocab(model, ids, table, full.n_vocab)
+    return DraftVocab(model, ids, table, full.n_vocab, float(meta[COVERAGE_KEY]))
 
 
 def input_scale(model: llama.Model, ids: np.ndarray, table: InputTable,
