@@ -25,10 +25,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import EdgeTreeError
+from .ggufcopy import OutTensor, start_copy, write_tensors
 from .modelfile import describe_gguf
 from ..files import atomic_write, cache_dir
 from ..progress import Progress
@@ -146,53 +148,18 @@ def dequantize_to_f32(src: str | os.PathLike, dst: str | os.PathLike, progress: 
     name = display_name or dst.name
     log = Progress(progress)
     log.line(f"dequantizing {src.name} to F32 as {name} (about 4 bytes per parameter) ...")
-    t0 = time.perf_counter()
     reader = gguf.GGUFReader(src, "r")  # ~10 s: it parses the 262k-token vocabulary
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    if arch_field is None:
-        raise EdgeTreeError(f"{src} has no general.architecture: not a model GGUF")
-    writer = gguf.GGUFWriter(dst, arch_field.contents(), endianess=reader.endianess)
-    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = int(alignment.contents())
-    for field in reader.fields.values():
-        # GGUF.* are the reader's virtual fields; the writer adds the architecture itself.
-        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE,
-                                                              gguf.Keys.General.FILE_TYPE):
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+    writer = start_copy(reader, dst, skip=(gguf.Keys.General.FILE_TYPE,))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    f32 = np.dtype(np.float32)
 
-    total = 0
-    for t in reader.tensors:
-        n = int(t.n_elements)
-        total += 4 * n
-        # numpy order (slowest dimension first); the writer reverses it to ggml order
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        writer.add_tensor_info(t.name, shape, np.dtype(np.float32), 4 * n,
-                               raw_dtype=gguf.GGMLQuantizationType.F32)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        done = 0
-        last_shown = -1.0
-        for t in reader.tensors:
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
-            data = np.ascontiguousarray(data, dtype=np.float32)
-            writer.write_tensor_data(data, tensor_endianess=reader.endianess)
-            done += data.nbytes
-            now = time.monotonic()
-            if now - last_shown >= 0.2 or done == total:
-                last_shown = now
-                log.update(f"writing {name} {100 * done / total:3.0f}% "
-                           f"({done / 1e6:.0f}/{total / 1e6:.0f} MB)")
-        log.end()
-        log.line(f"wrote {name} in {time.perf_counter() - t0:.1f} s")
-    finally:
-        writer.close()
+    def as_f32(t) -> np.ndarray:
+        return np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=f32)
+
+    # t.shape is in ggml order (fastest dimension first): reversed, numpy's
+    tensors = [OutTensor(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), f32,
+                         gguf.GGMLQuantizationType.F32, partial(as_f32, t)) for t in reader.tensors]
+    write_tensors(writer, tensors, reader.endianess, log, name)
 
 
 def list_models(dirs: Iterable[str | os.PathLike] = ()) -> list[dict]:
