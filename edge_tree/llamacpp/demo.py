@@ -10,6 +10,12 @@ From it we build, in ``cache_dir()/demo/``:
 - ``gemma-3-270m-q4_k_m.gguf`` draft A: the demo file itself;
 - ``gemma-3-270m-q4_0.gguf``   draft B: Q4_0 requantized from the F32 target by llama.cpp.
 
+and, on request (``ensure_deep_target``, ``edge-tree models prepare --deep``):
+
+- ``gemma-3-270m-f32-deep4.gguf`` the F32 target at 4x its 18 blocks, the added ones contributing
+                               nothing (deep.py): the target's greedy text at ~4x the cost per
+                               call, a draft/target cost ratio like a real pair's (2.3 GB).
+
 Every file is written under a temporary name in the same folder and renamed when complete, so an
 interrupted run never leaves a half file under the final name; a file that exists is complete, and
 ``ensure_demo`` only checks that the three exist (it is called on every ``edge-tree generate``
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import EdgeTreeError
+from .deep import make_deep
 from .ggufcopy import OutTensor, start_copy, write_tensors
 from .modelfile import describe_gguf
 from ..files import atomic_write, cache_dir
@@ -101,6 +108,20 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
     if built:
         log.line(f"demo pair ready in {pair.target.parent} ({time.perf_counter() - t0:.0f} s)")
     return pair
+
+
+def deep_target_path(factor: int = 4) -> Path:
+    """Where the demo target's deep copy (`factor` times its blocks) lives, built or not."""
+    return demo_dir() / f"{Path(TARGET_NAME).stem}-deep{factor}.gguf"
+
+
+def ensure_deep_target(factor: int = 4, progress: bool = True, force: bool = False) -> Path:
+    """The demo target's deep copy, built on first use (or when force) from the F32 target,
+    which is prepared first if missing."""
+    path = deep_target_path(factor)
+    if force or not _is_ready(path):
+        make_deep(ensure_demo(progress).target, path, factor, progress)
+    return path
 
 
 # -- building the files ---------------------------------------------------------------------------
