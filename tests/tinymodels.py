@@ -341,26 +341,24 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
 
 
 def _add_tokenizer(writer, entries: list[tuple[str, float, int]], merges: list[str] | None) -> None:
-    """SPM (merges None: scores rank the pieces) or byte-level BPE (the merges list does)."""
-    if merges is None:
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list([t for t, _, _ in entries])
+    """SPM (merges None: scores rank the pieces; unk, BOS and EOS first) or byte-level BPE (the
+    merges list ranks them; <|endoftext|> is BOS and EOS). The SPM keys keep their order."""
+    bpe = merges is not None
+    texts = [t for t, _, _ in entries]
+    bos = eos = texts.index(BPE_SPECIAL) if bpe else None
+    writer.add_tokenizer_model("gpt2" if bpe else "llama")
+    writer.add_token_list(texts)
+    if bpe:
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_token_merges(merges)
+    else:
         writer.add_token_scores([s for _, s, _ in entries])
-        writer.add_token_types([k for _, _, k in entries])
-        writer.add_unk_token_id(UNK_ID)
-        writer.add_bos_token_id(BOS_ID)
-        writer.add_eos_token_id(EOS_ID)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        writer.add_add_space_prefix(False)
-        return
-    special = [t for t, _, _ in entries].index(BPE_SPECIAL)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list([t for t, _, _ in entries])
     writer.add_token_types([k for _, _, k in entries])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(special)
-    writer.add_eos_token_id(special)
-    writer.add_add_bos_token(False)
+    if not bpe:
+        writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID if bos is None else bos)
+    writer.add_eos_token_id(EOS_ID if eos is None else eos)
+    writer.add_add_bos_token(not bpe)
     writer.add_add_eos_token(False)
+    if not bpe:
+        writer.add_add_space_prefix(False)
