@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from serving import ServerProcess
-from test_cli import edge_tree_exe, run
+from test_cli import assert_one_line_error, edge_tree_exe, run
 from tinymodels import write_tiny_model
 
 MAX_TOKENS = 24
@@ -111,6 +111,19 @@ def assert_error(response, status, param=None):
     if param:
         assert error["param"] == param, error
     return error
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+def test_bad_serve_options_are_one_line_before_any_model_loads(tiny_target):
+    assert_one_line_error(run("serve", "-m", tiny_target, "--queue", "-1"), 2, "--queue")
+    assert_one_line_error(run("serve", "-m", tiny_target, "--port", "70000"), 2, "--port")
+
+
+def test_a_taken_port_is_one_line(tiny_target):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        proc = run("serve", "-m", tiny_target, "--port", taken.getsockname()[1], timeout=60)
+    assert_one_line_error(proc, 1, "cannot listen on 127.0.0.1")
 
 
 # -- answers ----------------------------------------------------------------------------------------
@@ -388,16 +401,22 @@ def test_sigterm_finishes_the_round_answers_the_queue_503_and_exits_0(tmp_path_f
 # -- the demo pair ------------------------------------------------------------------------------------
 
 @pytest.mark.demo
-def test_demo_pair_serves_the_text_of_generate(demo_pair, tmp_path_factory):
+def test_demo_pair_serves_the_text_of_generate(demo_pair):
+    """Pair B (the Q4_0 draft): the user's cache, where its reduced copy and costs are kept."""
     load = ["-m", demo_pair.target, "-md", demo_pair.draft_q4_0, "-t", "2", "-c", "512"]
-    env = server_env(tmp_path_factory)
+    env = os.environ.copy()
     server = ServerProcess(edge_tree_exe(), *load, env=env)
     try:
         prompt = "The capital of France is"
         whole, reply = complete(server, prompt, max_tokens=MAX_TOKENS, temperature=0)
         streamed, last = complete(server, prompt, stream=True, max_tokens=MAX_TOKENS, temperature=0)
         assert whole == streamed == generate_cli(load, env, prompt)
-        assert reply.model_extra["speculation"]["mean_accepted_per_pass"] > 0.5
+        assert reply.model_extra["speculation"]["mode"] == "tree"
+        _, chain = complete(server, prompt, max_tokens=MAX_TOKENS, temperature=0,
+                            extra_body={"mode": "chain", "max_depth": 4})
+        speculation = chain.model_extra["speculation"]  # drafts whatever the policy thinks of costs
+        assert speculation["mode"] == "chain" and 0 < speculation["drafted"]
+        assert speculation["accepted"] == round(speculation["mean_accepted_per_pass"] * speculation["target_passes"])
         # the demo target is a base model: no chat template, so chat is a clear 400
         assert_error(post(server, "/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
                      400, "messages")
