@@ -71,9 +71,9 @@ class ServerProcess:
                 return health
             time.sleep(0.05)
 
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM, and the exit status once it exits."""
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """A signal (SIGTERM, SIGINT as Ctrl-C sends), and the exit status once it exits."""
+        self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
     def stop(self) -> None:

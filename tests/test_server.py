@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -371,7 +372,8 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(plain):
     assert text
 
 
-def test_sigterm_finishes_the_round_answers_the_queue_503_and_exits_0(tmp_path_factory, tiny_target):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_finishes_the_round_answers_the_queue_503_and_exits_0(tmp_path_factory, tiny_target, sig):
     server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", "1", "-c", SLOW + 192,
                            env=server_env(tmp_path_factory))
     answers: dict[str, httpx.Response] = {}
@@ -385,7 +387,7 @@ def test_sigterm_finishes_the_round_answers_the_queue_503_and_exits_0(tmp_path_f
         server.wait_health(lambda h: h["running"] == 1)
         threads["queued"].start()
         server.wait_health(lambda h: h["waiting"] == 1)
-        assert server.terminate(timeout=60) == 0, server.stderr
+        assert server.terminate(sig, timeout=60) == 0, server.stderr
         for thread in threads.values():
             thread.join(30)
     finally:
