@@ -307,6 +307,16 @@ def test_chat_without_a_template_is_a_400_and_completions_still_work(plain):
     assert text
 
 
+def test_a_mode_the_models_cannot_do_is_a_400_naming_it(plain):
+    server = plain["server"]
+    for stream in (False, True):
+        error = assert_error(post(server, "/completions", {"prompt": "hi", "mode": "tree", "stream": stream}),
+                             400, "mode")
+        assert "needs a draft model" in error["message"]
+    _, reply = complete(server, "hello", max_tokens=4)
+    assert reply.model_extra["speculation"]["mode"] == "ar"  # no draft: plain decoding
+
+
 # -- concurrency --------------------------------------------------------------------------------------
 
 def test_eight_streaming_clients_get_their_own_replies(family):
