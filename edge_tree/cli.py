@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import sys
@@ -18,6 +17,7 @@ from .core.options import GenOptions, LoadOptions, click_options, split_options
 from .errors import UsageError, user_errors
 from .files import check_writable_file, write_text
 from .records import StepRecord
+from .server import serve
 
 GENERATE_EXAMPLES = """
 \b
@@ -27,6 +27,7 @@ Examples:
   edge-tree generate -m big.gguf -md small.gguf -ngl 99 -ngld 99 "Explain KV caches:"
   edge-tree generate --mode ar "Hello"                      # plain decoding, the baseline
   edge-tree generate --trace-dir trace --trace-format svg "Hi"   # see every step
+  edge-tree generate -m chat.gguf -md small.gguf --chat "Name three rivers."
 """
 
 
@@ -66,7 +67,9 @@ def main():
 @click.option("--trace-format", default="jsonl", show_default=True,
               help="Comma list of jsonl, dot, png, svg: per-step files in --trace-dir.")
 @click.option("--show-tree", is_flag=True, help="Print each round's tree on stderr while text streams.")
-def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **options):
+@click.option("-cnv", "--chat", is_flag=True,
+              help="Send PROMPT as one user message through the target's chat template.")
+def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, chat, **options):
     """Generate a continuation of PROMPT (or of standard input), streamed to stdout.
 
     With no --target, edge-tree uses its demo pair (Gemma 3 270M: F32 target, Q4_K_M draft),
@@ -77,7 +80,9 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
             raise click.UsageError("give a PROMPT argument or pipe the prompt on standard input")
         # bytes that are not UTF-8 reach the tokenizer as they are, as they would from argv
         prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
+    from .core.chat import ChatTemplate, user_message
     from .core.stats import format_stats
+    from .core.steps import trace_header
     from .viz.jsonl import TraceWriter, check_formats, check_trace_dir
     from .viz.outputs import trace_sinks
 
@@ -94,12 +99,10 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, **op
         engine = Engine(options=load_options, progress=True)
         writer = TraceWriter(trace_dir, trace_sinks(trace_dir, formats)) if trace_dir else _nothing()
         with engine, writer as trace:
+            if chat:
+                prompt = ChatTemplate.of(engine.target_model).render(user_message(prompt))
             if trace:
-                trace.write_header({"target": engine.target_path, "draft": engine.draft_path,
-                                    "mode": gen_options.mode or ("tree" if engine.has_draft else "ar"),
-                                    "settings": dataclasses.asdict(gen_options), "prompt": prompt,
-                                    "prompt_tokens": len(engine.target_model.tokenize(prompt)),
-                                    "started": _now()})
+                trace.write_header(trace_header(engine, gen_options, prompt))
             result = engine.generate(prompt, gen_options, on_text=_print_now,
                                      on_step=_step_sink(trace, show_tree),
                                      should_stop=lambda: interrupt.requested)
@@ -125,12 +128,6 @@ def _print_now(text: str) -> None:
 @contextmanager
 def _nothing():
     yield None
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _step_sink(trace, show_tree: bool):
@@ -236,3 +233,4 @@ def models_make_deep(target, out, factor):
 
 
 main.add_command(bench)
+main.add_command(serve)

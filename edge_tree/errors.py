@@ -21,6 +21,16 @@ class UsageError(EdgeTreeError):
         self.field = field or option.lstrip("-").replace("-", "_")  # the option's name in code and JSON
 
 
+class InputError(EdgeTreeError):
+    """One generation's input cannot be served (a prompt longer than the context, messages the
+    chat template refuses): the caller's to fix, so a server answers 400 naming `field`."""
+
+    def __init__(self, field: str, message: str, code: str | None = None):
+        super().__init__(message)
+        self.field = field  # the request field at fault: prompt, max_tokens, messages
+        self.code = code  # a machine-readable reason, e.g. context_length_exceeded
+
+
 @contextmanager
 def user_errors():
     """For command-line faces: the one exception type users meet becomes one line on stderr and

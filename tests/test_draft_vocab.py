@@ -76,10 +76,14 @@ def test_the_reduced_copy_is_made_once_and_reused(reduced_engine, tiny_target, t
 
 @pytest.mark.parametrize("mode", ["chain", "tree"])
 def test_greedy_output_with_a_reduced_draft_is_the_targets(reduced_engine, mode):
+    assert_greedy_is_the_targets(reduced_engine, mode)
+
+
+def assert_greedy_is_the_targets(engine: Engine, mode: str) -> None:
     for prompt in PROMPTS:
-        reference = reduced_engine.generate(prompt, max_tokens=24, mode="ar").tokens
-        got = reduced_engine.generate(prompt, max_tokens=24, mode=mode, max_depth=4).tokens
-        assert_same_or_near_tie(reduced_engine, prompt, reference, got)
+        reference = engine.generate(prompt, max_tokens=24, mode="ar").tokens
+        got = engine.generate(prompt, max_tokens=24, mode=mode, max_depth=4).tokens
+        assert_same_or_near_tie(engine, prompt, reference, got)
 
 
 def test_sampling_with_a_reduced_draft_keeps_the_target_distribution(reduced_engine, tiny_target):

@@ -19,6 +19,17 @@ its own falls back to the 256 byte tokens ``<0x00>``..``<0xFF>``.  The vocabular
 ``b"".join(model.token_bytes(t) for t in model.tokenize(text))`` equals ``text.encode()`` exactly
 (BOS contributes no bytes; spaces inside the text are stored as ``▁`` and come back as spaces).
 
+``vocab="bpe"`` is the other tokenizer family, byte-level BPE as in Qwen2.5 and Llama 3
+(``tokenizer.ggml.model = "gpt2"``, ``tokenizer.ggml.pre = "qwen2"``): the 256 byte tokens in
+GPT-2's printable byte-to-unicode spelling (a space is ``Ġ``), the same learnt pieces spelt
+that way with their merges list, and ``<|endoftext|>`` (BOS and EOS, as in Qwen2.5) at the
+end; ``add_bos_token`` is false, as in Qwen2.5.
+
+``chat="gemma"`` or ``chat="chatml"`` writes a chat template (``tokenizer.chat_template``) of
+that style and appends its two turn tokens as control tokens (``<start_of_turn>``/
+``<end_of_turn>``, ``<|im_start|>``/``<|im_end|>``); llama.cpp counts the end-of-turn one among
+the end-of-generation tokens.  The Gemma-style template writes ``bos_token`` itself.
+
 ``vocab="other"`` gives an incompatible vocabulary for mismatch tests: same special tokens (ids
 0, 1, 2), but the normal pieces come before the byte tokens (so token texts differ from id 3 up)
 and its default size is 768 instead of 512 (a difference of more than 128, llama.cpp's
@@ -51,8 +62,45 @@ SPACE = "\u2581"  # SentencePiece's visible space, '▁'
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
-DEFAULT_N_VOCAB = {"bytes": 512, "other": 768}
+DEFAULT_N_VOCAB = {"bytes": 512, "other": 768, "bpe": 512}
 VOCABS = tuple(DEFAULT_N_VOCAB)
+BPE_SPECIAL = "<|endoftext|>"  # BOS and EOS of the BPE vocabulary, its last token
+
+# Chat templates in the style of the real models' (trimmed): Gemma 3 (BOS written by the
+# template, alternating roles enforced with raise_exception) and ChatML (Qwen2.5).
+GEMMA_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif -%}
+    {%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"""
+CHATML_TEMPLATE = """{%- if messages[0]['role'] != 'system' %}
+    {{- '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"""
+CHAT_STYLES = {"gemma": (GEMMA_TEMPLATE, ("<start_of_turn>", "<end_of_turn>")),
+               "chatml": (CHATML_TEMPLATE, ("<|im_start|>", "<|im_end|>"))}
 
 # Logit standard deviation at scale=1, calibrated so that top-1 probabilities sit around 0.1-0.8.
 _LOGIT_STD = 3.0
@@ -77,16 +125,32 @@ punctuation such as commas, periods, colons; question marks? and exclamation mar
 """
 
 
-def _bpe_pieces(n_merges: int) -> list[str]:
-    return list(_learn_bpe(n_merges))
+def _bpe_pieces(n_merges: int, space: str = SPACE) -> list[str]:
+    return [a + b for a, b in _learn_bpe(n_merges, space)]
 
 
 @functools.lru_cache(maxsize=8)
-def _learn_bpe(n_merges: int) -> tuple[str, ...]:
-    """Deterministic byte-pair merges over the corpus words (each prefixed with ▁), best first."""
-    counts = collections.Counter(SPACE + w for w in _CORPUS.split())
+def _byte_chars() -> tuple[str, ...]:
+    """GPT-2's printable spelling of each byte (bytes_to_unicode): byte-level BPE vocabularies
+    store token texts this way (a space is 'Ġ', a newline 'Ċ')."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    spelling, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            spelling[b] = chr(b)
+        else:
+            spelling[b] = chr(256 + extra)
+            extra += 1
+    return tuple(spelling[b] for b in range(256))
+
+
+@functools.lru_cache(maxsize=8)
+def _learn_bpe(n_merges: int, space: str = SPACE) -> tuple[tuple[str, str], ...]:
+    """Deterministic byte-pair merges over the corpus words (each prefixed with `space`), best
+    first: the pairs merged, each making a new piece."""
+    counts = collections.Counter(space + w for w in _CORPUS.split())
     words = [[list(w), c] for w, c in sorted(counts.items())]
-    pieces: list[str] = []
+    pieces: list[tuple[str, str]] = []
     seen: set[str] = set()
     while len(pieces) < n_merges:
         pairs: collections.Counter = collections.Counter()
@@ -109,7 +173,7 @@ def _learn_bpe(n_merges: int) -> tuple[str, ...]:
             entry[0] = out
         if merged not in seen:
             seen.add(merged)
-            pieces.append(merged)
+            pieces.append((a, b))
     return tuple(pieces)
 
 
@@ -118,6 +182,8 @@ def tiny_vocab(vocab: str = "bytes", n_vocab: int | None = None) -> list[tuple[s
     if vocab not in DEFAULT_N_VOCAB:
         raise ValueError(f"vocab must be one of {VOCABS}, got {vocab!r}")
     n_vocab = DEFAULT_N_VOCAB[vocab] if n_vocab is None else n_vocab
+    if vocab == "bpe":
+        return _bpe_vocab(n_vocab)
     specials = [("<unk>", 0.0, TOKEN_UNKNOWN), ("<s>", 0.0, TOKEN_CONTROL), ("</s>", 0.0, TOKEN_CONTROL)]
     byte_tokens = [(f"<0x{b:02X}>", 0.0, TOKEN_BYTE) for b in range(256)]
     n_normal = n_vocab - len(specials) - len(byte_tokens)
@@ -151,13 +217,42 @@ def tiny_vocab(vocab: str = "bytes", n_vocab: int | None = None) -> list[tuple[s
     return entries
 
 
+def _bpe_vocab(n_vocab: int) -> list[tuple[str, float, int]]:
+    """Byte-level BPE: the 256 bytes (GPT-2 spelling), learnt pieces, then <|endoftext|>."""
+    space = _byte_chars()[ord(" ")]
+    n_pieces = n_vocab - 256 - 1
+    if n_pieces < 0:
+        raise ValueError(f"n_vocab must be at least 257 for the bpe vocabulary, got {n_vocab}")
+    pieces = _bpe_pieces(n_pieces, space)
+    if len(pieces) < n_pieces:
+        raise ValueError(f"the corpus gives {len(pieces)} BPE pieces; n_vocab at most {257 + len(pieces)}")
+    texts = [*_byte_chars(), *pieces]
+    return [(t, 0.0, TOKEN_NORMAL) for t in texts] + [(BPE_SPECIAL, 0.0, TOKEN_CONTROL)]
+
+
+def bpe_merges(n_vocab: int) -> list[str]:
+    """The merges list of the bpe vocabulary ("a b": a and b make the next piece), best first."""
+    return [f"{a} {b}" for a, b in _learn_bpe(n_vocab - 257, _byte_chars()[ord(" ")])]
+
+
+def _rare(entries: list[tuple[str, float, int]], vocab: str) -> np.ndarray:
+    """Tokens a real model seldom says: special ones, and the bytes that are not printable
+    ASCII (BYTE tokens in SPM; in BPE the byte spellings outside '!'..'~' and the space)."""
+    if vocab != "bpe":
+        return np.array([k != TOKEN_NORMAL for _, _, k in entries])
+    common = {*(chr(c) for c in range(0x21, 0x7F)), _byte_chars()[ord(" ")]}
+    return np.array([k != TOKEN_NORMAL or (i < 256 and t not in common)
+                     for i, (t, _, k) in enumerate(entries)])
+
+
 def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | None = None,
                      n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
                      n_ff: int = 128, n_ctx_train: int = 2048, vocab: str = "bytes",
-                     scale: float = 1.0, rare_scale: float = 0.25) -> Path:
+                     scale: float = 1.0, rare_scale: float = 0.25, chat: str | None = None) -> Path:
     """Write a tiny random llama-architecture GGUF (F32) to ``path`` and return the path.
 
-    ``n_vocab=None`` means ``DEFAULT_N_VOCAB[vocab]`` (512 for "bytes", 768 for "other").
+    ``n_vocab=None`` means ``DEFAULT_N_VOCAB[vocab]`` (512 for "bytes" and "bpe", 768 for "other");
+    ``chat`` (a key of CHAT_STYLES) adds a chat template and its two turn tokens after those.
     ``scale`` multiplies all logits; ``rare_scale`` further multiplies those of the byte and
     special (unk/BOS/EOS) tokens, which are therefore seldom the greedy choice.
     The file is written to a temporary name and renamed, so concurrent writers never expose a
@@ -168,6 +263,13 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be a multiple of n_head, and n_head of n_head_kv")
     entries = tiny_vocab(vocab, n_vocab)
+    merges = bpe_merges(len(entries)) if vocab == "bpe" else None
+    rare = _rare(entries, vocab)
+    template = None
+    if chat is not None:
+        template, turn_tokens = CHAT_STYLES[chat]
+        entries += [(t, 0.0, TOKEN_CONTROL) for t in turn_tokens]
+        rare = np.concatenate([rare, [True] * len(turn_tokens)])
     n_vocab = len(entries)
     head_dim = n_embd // n_head
     n_embd_kv = head_dim * n_head_kv
@@ -199,7 +301,6 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
     output = normal(n_vocab, n_embd, scale * _LOGIT_STD / np.sqrt(n_embd))
     # Byte and special tokens get logits near 0, so generated text is mostly text pieces (valid
     # UTF-8, rarely an early EOS) as with a real model; they stay possible when sampling.
-    rare = np.array([k != TOKEN_NORMAL for _, _, k in entries])
     output[rare] *= np.float32(rare_scale)
     tensors += [
         ("output_norm.weight", np.ones(n_embd, dtype=np.float32)),
@@ -211,7 +312,7 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     try:
-        writer.add_name(f"tiny-random-llama-{vocab}-s{seed}")
+        writer.add_name(f"tiny-random-llama-{vocab}-s{seed}" + (f"-{chat}" if chat else ""))
         writer.add_context_length(n_ctx_train)
         writer.add_embedding_length(n_embd)
         writer.add_block_count(n_layer)
@@ -224,16 +325,9 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
         writer.add_vocab_size(n_vocab)
         writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
 
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list([t for t, _, _ in entries])
-        writer.add_token_scores([s for _, s, _ in entries])
-        writer.add_token_types([k for _, _, k in entries])
-        writer.add_unk_token_id(UNK_ID)
-        writer.add_bos_token_id(BOS_ID)
-        writer.add_eos_token_id(EOS_ID)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        writer.add_add_space_prefix(False)
+        _add_tokenizer(writer, entries, merges)
+        if template is not None:
+            writer.add_chat_template(template)
 
         for name, data in tensors:
             writer.add_tensor(name, data)
@@ -244,3 +338,27 @@ def write_tiny_model(path: str | os.PathLike, *, seed: int = 0, n_vocab: int | N
         writer.close()
     os.replace(tmp, path)
     return path
+
+
+def _add_tokenizer(writer, entries: list[tuple[str, float, int]], merges: list[str] | None) -> None:
+    """SPM (merges None: scores rank the pieces; unk, BOS and EOS first) or byte-level BPE (the
+    merges list ranks them; <|endoftext|> is BOS and EOS). The SPM keys keep their order."""
+    bpe = merges is not None
+    texts = [t for t, _, _ in entries]
+    bos = eos = texts.index(BPE_SPECIAL) if bpe else None
+    writer.add_tokenizer_model("gpt2" if bpe else "llama")
+    writer.add_token_list(texts)
+    if bpe:
+        writer.add_tokenizer_pre("qwen2")
+        writer.add_token_merges(merges)
+    else:
+        writer.add_token_scores([s for _, s, _ in entries])
+    writer.add_token_types([k for _, _, k in entries])
+    if not bpe:
+        writer.add_unk_token_id(UNK_ID)
+    writer.add_bos_token_id(BOS_ID if bos is None else bos)
+    writer.add_eos_token_id(EOS_ID if eos is None else eos)
+    writer.add_add_bos_token(not bpe)
+    writer.add_add_eos_token(False)
+    if not bpe:
+        writer.add_add_space_prefix(False)

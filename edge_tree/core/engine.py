@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import EdgeTreeError, UsageError
+from ..errors import InputError, UsageError
 from ..records import StepRecord
+from .chat import prompt_tokens
 from .drafting import DraftRequest, root_only
 from .models import LoadedModels
 from .options import GenOptions, LoadOptions, split_options
@@ -98,17 +99,18 @@ class Engine:
         return mode
 
     def _tokenize_prompt(self, prompt: str, options: GenOptions) -> list[int]:
-        tokens = self.target_model.tokenize(prompt, add_special=True)
+        tokens = prompt_tokens(self.target_model, prompt)  # a ChatPrompt parses special tokens
         if not tokens:
-            raise EdgeTreeError("the prompt is empty and this model adds no BOS token to start from")
+            raise InputError("prompt", "the prompt is empty and this model adds no BOS token to start from")
         n_ctx = self.target_ctx.n_ctx
         if len(tokens) >= n_ctx:
-            raise EdgeTreeError(f"the prompt has {len(tokens)} tokens; the context holds {n_ctx} "
-                                f"(raise --ctx-size)")
+            raise InputError("prompt", f"the prompt has {len(tokens)} tokens; the context holds {n_ctx} "
+                                       f"(raise --ctx-size)", code="context_length_exceeded")
         if options.context_full == "error" and len(tokens) + options.max_tokens > n_ctx:
-            raise EdgeTreeError(f"prompt ({len(tokens)} tokens) + --max-tokens {options.max_tokens} exceed "
-                                f"the context of {n_ctx} tokens: raise --ctx-size, lower --max-tokens, "
-                                f"or pass --context-full stop")
+            raise InputError("max_tokens", f"prompt ({len(tokens)} tokens) + --max-tokens {options.max_tokens} "
+                                           f"exceed the context of {n_ctx} tokens: raise --ctx-size, lower "
+                                           f"--max-tokens, or pass --context-full stop",
+                             code="context_length_exceeded")
         return tokens
 
 

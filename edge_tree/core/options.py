@@ -93,7 +93,7 @@ class _Checked:
             if value is None:
                 continue
             meta = f.metadata
-            value = _coerce(value, meta["kind"], _flag(f))
+            value = _coerce(value, meta["kind"], _flag(f), f.name)
             object.__setattr__(self, f.name, value)
             complaint = meta["check"](value) if meta["check"] else None
             if complaint:
@@ -117,27 +117,28 @@ def _flag(f: dataclasses.Field) -> str:
     return next((x for x in f.metadata["flags"] if x.startswith("--")), f.name)
 
 
-def _coerce(value, kind: type, flag: str):
-    """The field's type, from what a face passed: JSON numbers, click strings, Python values."""
+def _coerce(value, kind: type, flag: str, field: str):
+    """The field's type, from what a face passed: JSON numbers, click strings, Python values.
+    A complaint names the flag and the field (a --ngram/--no-ngram flag is no JSON name)."""
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise UsageError(flag, f"must be true or false, got {value!r}")
+        raise UsageError(flag, f"must be true or false, got {value!r}", field=field)
     if kind is tuple:
         if isinstance(value, str):
             return (value,)
         if isinstance(value, (list, tuple)):
             return tuple(value)
-        raise UsageError(flag, f"must be a string or a list of strings, got {value!r}")
+        raise UsageError(flag, f"must be a string or a list of strings, got {value!r}", field=field)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise UsageError(flag, f"must be an integer, got {value!r}")
+            raise UsageError(flag, f"must be an integer, got {value!r}", field=field)
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UsageError(flag, f"must be a finite number, got {value!r}")
+            raise UsageError(flag, f"must be a finite number, got {value!r}", field=field)
         return float(value)
     return str(value)
 

@@ -3,10 +3,15 @@ result.steps show. Built only when someone reads it: it costs host time."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime, timezone
+
 import numpy as np
 
 from ..llamacpp.llama import Model
 from ..records import StepNodes, StepRecord
+from .chat import prompt_tokens
+from .options import GenOptions
 from .plan import RoundOutcome
 from .text import piece_text
 from .tree import ACCEPTED, NGRAM, REJECTED, SOURCE_NAMES, STATUS_NAMES
@@ -38,3 +43,12 @@ def step_record(step: int, mode: str, root_position: int, outcome: RoundOutcome,
         bonus=n, best_path=tree.path(tree.best_leaf()) if n > 1 else [],
         emitted_text=piece_text(accepted_bytes + model.token_bytes(verdict.bonus_token)),
         timings={"draft_s": outcome.draft_s, "verify_s": outcome.verify_s, "total_s": outcome.round_s})
+
+
+def trace_header(engine, options: GenOptions, prompt: str) -> dict:
+    """A trace's first record: the models, the settings and the prompt (every face alike)."""
+    return {"target": engine.target_path, "draft": engine.draft_path,
+            "mode": options.mode or ("tree" if engine.has_draft else "ar"),
+            "settings": dataclasses.asdict(options), "prompt": str(prompt),
+            "prompt_tokens": len(prompt_tokens(engine.target_model, prompt)),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -190,21 +190,30 @@ class Model:
             return n_total
         return min(self.requested_gpu_layers, n_total)
 
+    @property
+    def chat_template(self) -> str | None:
+        """The model's default chat template (Jinja source, GGUF `tokenizer.chat_template`), or
+        None. Read whole: meta() would cut a template of several kilobytes at its buffer size."""
+        source = C.llama_model_chat_template(self._ptr, None)
+        return source.decode("utf-8", "replace") if source else None
+
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
         return buf.value.decode("utf-8", "replace") if n >= 0 else None
 
     # -- vocabulary -----------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        """add_special: BOS (and EOS) as the model asks; parse_special: text such as
+        "<end_of_turn>" becomes that control token (for chat templates), not plain text."""
         raw = text.encode("utf-8", "surrogateescape")  # undecodable input bytes pass through as bytes
         capacity = len(raw) + 8
         tokens = (C.llama_token * capacity)()
-        n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)
+        n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special)
         if n < 0:  # the buffer was too small: -n is the size needed
             capacity = -n
             tokens = (C.llama_token * capacity)()
-            n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, False)
+            n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special)
         return list(tokens[:n])
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:

@@ -1,0 +1,69 @@
+"""Run the app on uvicorn until SIGINT or SIGTERM, then stop gracefully and exit 0."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from ..core.engine import Engine
+from .app import create_app
+from .worker import Worker
+
+
+def model_id(engine: Engine) -> str:
+    """The name clients pass as `model`: the target file's name without .gguf."""
+    return Path(engine.target_path).stem
+
+
+def run(engine: Engine, listener: socket.socket, queue_size: int, trace_dir: str | None) -> None:
+    """Serve until a signal; then the running generation ends after its round, the waiting
+    requests get 503, and this returns."""
+    worker = Worker(engine, queue_size, trace_dir)
+    config = uvicorn.Config(create_app(worker, model_id(engine)), log_level="warning", lifespan="off")
+    server = GracefulServer(config, worker)
+    host, port = listener.getsockname()[:2]
+    print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "
+          f"(queue {queue_size}; Ctrl-C to stop)", file=sys.stderr, flush=True)
+    worker.start()
+    try:
+        with _signals_end_quietly():
+            server.run(sockets=[listener])
+    finally:
+        worker.close()
+        worker.join()
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's Server, closing the worker as soon as a signal asks it to stop. It looks at
+    should_exit on each tick, in the event loop, so no lock is ever taken in a signal handler."""
+
+    def __init__(self, config: uvicorn.Config, worker: Worker):
+        super().__init__(config)
+        self.worker = worker
+
+    async def on_tick(self, counter: int) -> bool:
+        should_exit = await super().on_tick(counter)
+        if should_exit:
+            self.worker.close()
+        return should_exit
+
+
+@contextmanager
+def _signals_end_quietly():
+    """uvicorn raises the signal that stopped it again once it has shut down, to the handler it
+    found: make that handler a no-op, so that a graceful stop exits 0, not by SIGTERM."""
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,194 @@
+"""Decode speed through `edge-tree serve`, against `edge-tree generate` and llama.cpp's `llama-server`.
+
+    python scripts/bench_serve.py [-m T -md D] [-n 64] [-t 2] [--prompts 10] [--llama-cpp DIR]
+
+Default pair B: the demo F32 target and the Q4_0 draft requantized from it. Greedy, the bench's
+default prompts, one streaming client, one request at a time. Decode tokens/s is:
+- edge-tree serve: (completion tokens - 1) / (time of the last streamed text - time of the first);
+- edge-tree generate: the same, from the times its standard output receives text (one process per
+  prompt, tokens from --stats-json);
+- llama-server -m T -md D (its own speculative decoding, default settings; DIR holds the binary as
+  built by scripts/build_llama_cpp.sh): its `timings.predicted_per_second` on the last chunk.
+Prints one line per prompt and the ratios of the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from edge_tree.bench import DEFAULT_PROMPTS
+from edge_tree.llamacpp.demo import ensure_demo
+
+READY_TIMEOUT_S = 300
+
+
+def main() -> None:
+    args = parse_args()
+    prompts = [p["prompt"] for p in DEFAULT_PROMPTS][:args.prompts]
+    pair = ensure_demo() if args.target is None else None
+    target = args.target or str(pair.target)
+    draft = args.draft or str(pair.draft_q4_0 if pair else "")
+    load = ["-m", target, "-md", draft, "-t", str(args.threads), "-c", str(args.ctx_size)]
+    rows = {"serve": [], "generate": [], "llama-server": []}
+    with Server([edge_tree_exe(), "serve", *load, "--port", "{port}"]) as url:
+        stream_edge_tree(url, prompts[0], 8)  # warm-up
+        rows["serve"] = [stream_edge_tree(url, p, args.max_tokens) for p in prompts]
+    rows["generate"] = [generate(load, p, args.max_tokens) for p in prompts]
+    if args.llama_cpp:
+        binary = Path(args.llama_cpp) / "llama-server"
+        command = [str(binary), "-m", target, "-md", draft, "-t", str(args.threads), "-td", str(args.threads),
+                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}"]
+        with Server(command, library_dir=binary.parent) as url:
+            stream_llama_server(url, prompts[0], 8)
+            rows["llama-server"] = [stream_llama_server(url, p, args.max_tokens) for p in prompts]
+    report(rows, prompts)
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-m", "--target", help="target GGUF (default: the demo F32 target)")
+    ap.add_argument("-md", "--draft", help="draft GGUF (default: the demo Q4_0 draft, pair B)")
+    ap.add_argument("-n", "--max-tokens", type=int, default=64)
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-c", "--ctx-size", type=int, default=2048)
+    ap.add_argument("--prompts", type=int, default=len(DEFAULT_PROMPTS), help="the first N default prompts")
+    ap.add_argument("--llama-cpp", help="folder with llama.cpp's llama-server (scripts/build_llama_cpp.sh)")
+    return ap.parse_args()
+
+
+def edge_tree_exe() -> str:
+    beside = Path(sys.executable).parent / "edge-tree"
+    return str(beside) if beside.exists() else shutil.which("edge-tree") or "edge-tree"
+
+
+class Server:
+    """A server process on a free loopback port ("{port}" in the command), ready when /health
+    answers 200; stopped on exit."""
+
+    def __init__(self, command: list[str], library_dir: Path | None = None):
+        self.port = free_port()
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self.env = dict(os.environ)
+        if library_dir:  # llama.cpp's shared libraries sit beside its binaries
+            self.env["LD_LIBRARY_PATH"] = f"{library_dir}{os.pathsep}{self.env.get('LD_LIBRARY_PATH', '')}"
+
+    def __enter__(self) -> str:
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise SystemExit(f"{self.command[0]} did not start (exit {self.proc.poll()})")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def decode_speed(tokens: int, first: float, last: float) -> float | None:
+    return (tokens - 1) / (last - first) if tokens > 1 and last > first else None
+
+
+def server_events(url: str, body: dict):
+    """(arrival time, JSON event) of each server-sent event of a streaming POST."""
+    with httpx.stream("POST", url, json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield time.perf_counter(), json.loads(line[6:])
+
+
+def stream_edge_tree(url: str, prompt: str, max_tokens: int) -> dict:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    times, text, tokens, engine_speed = [], "", 0, None
+    for at, event in server_events(url + "/v1/completions", body):
+        if event["choices"] and event["choices"][0]["text"]:
+            times.append(at)
+            text += event["choices"][0]["text"]
+        if "speculation" in event:  # the last chunk with a finish_reason
+            engine_speed = event["speculation"]["tokens_per_s"]
+        if event.get("usage"):  # include_usage: the chunk after it
+            tokens = event["usage"]["completion_tokens"]
+    return {"tokens": tokens, "tokens_per_s": decode_speed(tokens, times[0], times[-1]),
+            "engine_tokens_per_s": engine_speed, "text": text}
+
+
+def stream_llama_server(url: str, prompt: str, max_tokens: int) -> dict:
+    body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0, "stream": True, "cache_prompt": False}
+    text, timings = "", {}
+    for _, event in server_events(url + "/completion", body):
+        text += event.get("content", "")
+        timings = event.get("timings", timings)
+    return {"tokens": timings.get("predicted_n", 0), "tokens_per_s": timings.get("predicted_per_second"),
+            "text": text}
+
+
+def generate(load: list[str], prompt: str, max_tokens: int) -> dict:
+    """`edge-tree generate`, timing the text as it reaches standard output."""
+    with tempfile.TemporaryDirectory() as folder:
+        stats_file = Path(folder) / "stats.json"
+        proc = subprocess.Popen([edge_tree_exe(), "generate", *load, "-n", str(max_tokens), "--temperature", "0",
+                                 "--stats-json", str(stats_file), prompt],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        times, out = [], b""
+        while chunk := os.read(proc.stdout.fileno(), 4096):
+            if chunk.strip(b"\n") or not out:  # the newline generate prints after the text is no token
+                times.append(time.perf_counter())
+            out += chunk
+        if proc.wait() != 0:
+            raise SystemExit(f"edge-tree generate failed on {prompt[:30]!r}")
+        tokens = json.loads(stats_file.read_text())["tokens"]
+    return {"tokens": tokens, "tokens_per_s": decode_speed(tokens, times[0], times[-1]),
+            "text": out.decode("utf-8", "replace")[:-1]}
+
+
+def report(rows: dict, prompts: list[str]) -> None:
+    names = [name for name in rows if rows[name]]
+    print(f"{'prompt':28}" + "".join(f"{name:>16}" for name in names) + "   same text (serve = generate)")
+    for i, prompt in enumerate(prompts):
+        cells = "".join(f"{rows[n][i]['tokens_per_s'] or 0:16.2f}" for n in names)
+        print(f"{prompt[:26]!r:28}{cells}   {rows['serve'][i]['text'] == rows['generate'][i]['text']}")
+    totals = {n: total_speed(rows[n]) for n in names}
+    print(f"{'mean decode tok/s':28}" + "".join(f"{totals[n]:16.2f}" for n in names))
+    print(f"serve / generate: {totals['serve'] / totals['generate']:.3f}x")
+    if "llama-server" in totals:
+        print(f"serve / llama-server: {totals['serve'] / totals['llama-server']:.3f}x")
+
+
+def total_speed(rows: list[dict]) -> float:
+    """Tokens over seconds, summed over the prompts (each prompt weighs by its decode time)."""
+    tokens = sum(r["tokens"] - 1 for r in rows if r["tokens_per_s"])
+    seconds = sum((r["tokens"] - 1) / r["tokens_per_s"] for r in rows if r["tokens_per_s"])
+    return tokens / seconds if seconds else 0.0
+
+
+if __name__ == "__main__":
+    main()

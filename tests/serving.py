@@ -1,0 +1,86 @@
+"""`edge-tree serve` as a real process on a free loopback port, for tests: started, waited for
+(/health), and always stopped (SIGTERM, then SIGKILL if it hangs)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+
+START_TIMEOUT_S = 120  # the models load first; the demo pair takes a few seconds
+URL_LINE = re.compile(r"serving \S+ at (http://\S+)/v1")
+
+
+class ServerProcess:
+    def __init__(self, exe: str, *args, env: dict | None = None):
+        self.args = [exe, "serve", "--port", "0", *map(str, args)]
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env if env is not None else os.environ.copy(), text=True)
+        self.lines: list[str] = []
+        self._url_found = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:  # drained to the end, so the pipe never fills
+            self.lines.append(line)
+            found = URL_LINE.search(line)
+            if found and not self.url:
+                self.url = found.group(1)
+                self._url_found.set()
+
+    def _wait_ready(self) -> None:
+        if not self._url_found.wait(START_TIMEOUT_S):
+            raise AssertionError(f"edge-tree serve did not start: {self.stderr}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"/health never answered: {self.stderr}")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def wait_health(self, predicate, timeout: float = 30) -> dict:
+        """Poll /health until predicate(health) holds (bounded in time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if predicate(health) or time.monotonic() > deadline:
+                return health
+            time.sleep(0.05)
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """A signal (SIGTERM, SIGINT as Ctrl-C sends), and the exit status once it exits."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
