@@ -38,9 +38,10 @@ class CostModel:
     _host_fit: "HostFit" = field(init=False, repr=False)
 
     def __post_init__(self):
-        # tabulated for every batch size a tree can have: the policy asks thousands of times
-        self._verify = self._table(self.verify_points)
-        self._draft = self._table(self.draft_points)
+        # tabulated for every batch size a tree can have, as plain lists: the policy asks
+        # thousands of times a plan, and a list index is several times cheaper than numpy's
+        self._verify = self._table(self.verify_points).tolist()
+        self._draft = self._table(self.draft_points).tolist()
         self._host_fit = HostFit(self.host_per_round, self.host_per_call)
 
     @staticmethod
@@ -56,7 +57,7 @@ class CostModel:
 
     def verify_s(self, n: int) -> float:
         """A target pass over n tokens."""
-        return self.verify_scale * float(self._verify[n])
+        return self.verify_scale * self._verify[n]
 
     @property
     def draft_scale(self) -> float:
@@ -67,13 +68,20 @@ class CostModel:
 
     def draft_s(self, n: int) -> float:
         """A draft call over n tokens."""
-        return self.draft_scale * float(self._draft[n])
+        return self.draft_scale * self._draft[n]
 
     def round_s(self, calls: Sequence[int], nodes: int) -> float:
         """A round: draft calls of these sizes, a target pass over the root and nodes, and the
         host's work."""
-        return (sum(self.draft_s(c) for c in calls) + self.verify_s(1 + nodes) + self.host_per_round
+        table = self._draft
+        drafting = sum(table[c] for c in calls)
+        return (self.draft_scale * drafting + self.verify_s(1 + nodes) + self.host_per_round
                 + self.host_per_call * len(calls) + self.host_per_node * (sum(calls) + nodes))
+
+    def signature(self) -> tuple:
+        """The corrections, each to about 3%: plans made under the same signature are alike."""
+        return tuple(round(float(np.log(max(x, 1e-9))) / 0.03) for x in
+                     (self.verify_scale, self.draft_relative, self.host_per_round + 1e-5, self.host_per_call + 1e-5))
 
     def plain_s(self) -> float:
         """A round of plain decoding: the root alone."""
@@ -82,9 +90,9 @@ class CostModel:
     def learn(self, outcome: RoundOutcome) -> None:
         """Move the corrections towards what this round measured."""
         target_s, draft_s = outcome.decode
-        self.verify_scale = _toward(self.verify_scale, target_s / float(self._verify[outcome.tree.n]))
+        self.verify_scale = _toward(self.verify_scale, target_s / self._verify[outcome.tree.n])
         if outcome.draft_sizes:
-            predicted = sum(float(self._draft[min(n, self._draft.size - 1)]) for n in outcome.draft_sizes)
+            predicted = sum(self._draft[min(n, len(self._draft) - 1)] for n in outcome.draft_sizes)
             self.draft_relative = _toward(self.draft_relative, draft_s / (predicted * self.verify_scale))
         scanned = sum(outcome.draft_sizes) + outcome.tree.n_drafted
         host = max(outcome.round_s - target_s - draft_s - self.host_per_node * scanned, 0.0)

@@ -184,7 +184,8 @@ class _Run:
         drafted = time.perf_counter()
         tree = proposal.tree
         logits_of = models.target.evaluate(tree)
-        verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs)
+        verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,
+                         target_probs=self.keep_steps or self.on_step is not None)
         models.target.commit(tree, verdict.last_node)
         verified = time.perf_counter()
         if tree.n > 1:

@@ -285,6 +285,7 @@ class AdaptivePolicy:
 
     def __init__(self, cost: CostModel):
         self.cost = cost
+        self._searched: dict[tuple, TreeShape] = {}
         self.reset()
 
     def reset(self, learn_costs: bool = True) -> None:
@@ -304,8 +305,10 @@ class AdaptivePolicy:
         fixed = fixed_plan(mode, caps)
         if fixed:
             return fixed
-        early = self._rounds < 2 * self.REPLAN_EVERY  # learn fast while statistics are thin
-        if caps not in self._plans or early or self._rounds >= self._plans[caps][0] + self.REPLAN_EVERY:
+        # learn fast while statistics are thin: replan after rounds 1, 2, 4 and 8, then every 8
+        last = self._plans[caps][0] if caps in self._plans else None
+        due = min(max(last, 1), self.REPLAN_EVERY) if last is not None else 0
+        if last is None or self._rounds >= last + due:
             self._plans[caps] = (self._rounds, *self._plan(caps))
         _, chosen, explore = self._plans[caps]
         if explore is not None and self._rounds % self.EXPLORE_EVERY == 0:
@@ -314,8 +317,8 @@ class AdaptivePolicy:
 
     def _plan(self, caps: Caps) -> tuple[TreeShape, TreeShape | None]:
         """The plan to use, and a tree to try now and then while plain decoding wins narrowly."""
-        pi = self.acceptance.pi()
-        shape = best_shape(caps, pi, self.cost)
+        pi = np.round(self.acceptance.pi(), 2)  # coarse: the searches below are remembered by it
+        shape = self._best_shape(caps, pi)
         rate = shape_rate(shape, pi, self.cost)
         plain_rate = 1.0 / self.cost.plain_s()
         if rate <= plain_rate:
@@ -323,6 +326,16 @@ class AdaptivePolicy:
             near = rate >= self.EXPLORE_WITHIN * plain_rate
             return plain, (self._tree(shape, rate, caps, pi) if near else None)
         return self._tree(shape, rate, caps, pi), None
+
+    def _best_shape(self, caps: Caps, pi: np.ndarray) -> TreeShape:
+        """best_shape, remembered: a search costs milliseconds, and every generation starts
+        from the same prior on the same machine."""
+        key = (caps, pi.tobytes(), self.cost.signature())
+        if key not in self._searched:
+            if len(self._searched) > 256:
+                self._searched.clear()
+            self._searched[key] = best_shape(caps, pi, self.cost)
+        return self._searched[key]
 
     def _tree(self, shape: TreeShape, rate: float, caps: Caps, pi: np.ndarray) -> TreeShape:
         # The plan's depth is what an average stretch of text affords; confident stretches may go

@@ -33,10 +33,11 @@ class Verdict:
 
 def verify(tree: TokenTree, logits_of: LogitsOf, params: SamplingParams,
            rng: np.random.Generator | None = None,
-           draft_probs: dict[int, np.ndarray] | None = None) -> Verdict:
-    """Pick the exact rule for how the tree was made."""
+           draft_probs: dict[int, np.ndarray] | None = None, *, target_probs: bool = True) -> Verdict:
+    """Pick the exact rule for how the tree was made. target_probs=False spares greedy
+    verification the softmax over the vocabulary that only records show (nan then)."""
     if params.greedy:
-        return verify_greedy(tree, logits_of)
+        return verify_greedy(tree, logits_of, target_probs)
     if tree.sampled:
         return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)
     return verify_deterministic_tree(tree, logits_of, params, rng)
@@ -78,11 +79,11 @@ def _walk(tree: TokenTree, step) -> Verdict:
         node = child
 
 
-def verify_greedy(tree: TokenTree, logits_of: LogitsOf) -> Verdict:
+def verify_greedy(tree: TokenTree, logits_of: LogitsOf, target_probs: bool = True) -> Verdict:
     def step(node, kids, target_prob):
         logits = logits_of(node)
         best = int(np.argmax(logits))
-        if kids:
+        if kids and target_probs:
             _note_children_softmax(target_prob, kids, tree, logits)
         return _child_with_token(tree, kids, best), best
 
