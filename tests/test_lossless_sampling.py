@@ -65,7 +65,7 @@ def test_tree_sampling_matches_the_target_distribution(request, tiny_target, ar_
 
 
 def test_the_same_test_catches_a_wrong_verifier(monkeypatch, tiny_target, tiny_draft_other, ar_counts):
-    def wrong_verify(tree, logits_of, params, rng, draft_probs):
+    def wrong_verify(tree, logits_of, params, rng, draft_probs, target_probs=True):
         return verify_sampled_tree(tree, logits_of, params, rng, draft_probs)  # p/q on top-k children
 
     monkeypatch.setattr(engine_module, "verify", wrong_verify)
