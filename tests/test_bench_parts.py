@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from edge_tree.bench import format_table
 from edge_tree.bench.modes import parse_modes
-from edge_tree.bench.pairs import DEEP_TARGET_NAME, resolve_pair
+from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.bench.runner import Row, aggregate
 from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, ToolSettings, completion_command,
@@ -182,10 +182,8 @@ def test_resolve_pair(fake_demo):
                                                       "gemma-3-270m-q4_0.gguf"))
     assert resolve_pair("A") == (f32, q4km)
     assert resolve_pair("b") == (f32, q4_0)
-    with pytest.raises(EdgeTreeError, match="edge-tree models make-deep"):
-        resolve_pair("C")
-    (fake_demo / DEEP_TARGET_NAME).write_bytes(b"x")
-    deep = str(fake_demo / DEEP_TARGET_NAME)
+    (fake_demo / "gemma-3-270m-f32-deep4.gguf").write_bytes(b"x")  # C and E: built on first use
+    deep = str(fake_demo / "gemma-3-270m-f32-deep4.gguf")
     assert resolve_pair("C") == (deep, q4km)
     assert resolve_pair("E") == (f32, deep)
     with pytest.raises(UsageError, match="unknown pair 'D'"):

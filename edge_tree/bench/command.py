@@ -31,7 +31,7 @@ Examples:
 \b
 Pairs (--pair), all made from the demo model, Gemma 3 270M:
 """ + "\n".join(f"  {name}  {what}" for name, what in PAIRS.items()) + """
-  C and E need the deep copy: edge-tree models make-deep
+  C and E build the deep copy on first use (edge-tree models prepare --deep)
 """
 
 
