@@ -15,7 +15,7 @@ from edge_tree.bench.runner import Row, aggregate
 from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, ToolSettings, completion_command,
                                    speculative_command, tool_commands)
 from edge_tree.cli import main
-from edge_tree.errors import EdgeTreeError, UsageError
+from edge_tree.errors import UsageError
 
 # -- llama.cpp's command lines ----------------------------------------------------------------------
 
