@@ -191,7 +191,7 @@ def test_resolve_pair(fake_demo):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--pair", "C"], 1, "make-deep"),
+    (["--pair", "C"], 1, "is not a GGUF file"),  # the deep copy is built from a stand-in
     (["--pair", "Z"], 2, "--pair: unknown pair 'Z'"),
     (["--pair", "A", "-m", "x.gguf"], 2, "--pair: give either --pair or -m/-md"),
 ])
