@@ -186,3 +186,15 @@ def test_a_busier_machine_slows_the_draft_too_until_the_draft_is_measured():
         cost.learn(plain)
     assert cost.verify_scale == pytest.approx(2, rel=0.02)
     assert cost.draft_s(1) == pytest.approx(2 * CPU.draft_s(1), rel=0.02)  # never measured, yet slower
+
+
+def test_the_engine_tells_the_policy_what_a_round_cost(tiny_target, tiny_draft_other):
+    """Rounds reach the policy with their measured time, so host work can be learned at all."""
+    from edge_tree.core.engine import Engine
+
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=256) as engine:
+        seen: list[RoundOutcome] = []
+        observe = engine.models.policy.observe
+        engine.models.policy.observe = lambda outcome: (seen.append(outcome), observe(outcome))
+        engine.generate("hello world", max_tokens=8, mode="tree")
+    assert seen and all(o.round_s >= sum(o.decode) > 0 for o in seen)

@@ -191,10 +191,9 @@ class _Run:
         if tree.n > 1:
             self.drafter.observe(tree, verdict)
         outcome = RoundOutcome(tree, verdict, shape, proposal.draft_sizes, draft_s=drafted - started,
-                               verify_s=verified - drafted, round_s=0.0,
+                               verify_s=verified - drafted, round_s=time.perf_counter() - started,
                                decode=models.decode_clocks(since=clocks))
         self.policy.observe(outcome)
-        outcome.round_s = time.perf_counter() - started
         self.stats.add_round(outcome)
         if self.keep_steps or self.on_step:
             self._record(outcome, len(tokens))
