@@ -27,15 +27,16 @@ from pathlib import Path
 
 import httpx
 
-from edge_tree.bench import DEFAULT_PROMPTS
+from edge_tree.bench.prompts import default_prompts
 from edge_tree.llamacpp.demo import ensure_demo
+from edge_tree.llamacpp.llama import USE_EXTRA_BUFFER_TYPES
 
 READY_TIMEOUT_S = 300
 
 
 def main() -> None:
     args = parse_args()
-    prompts = [p["prompt"] for p in DEFAULT_PROMPTS][:args.prompts]
+    prompts = [p["prompt"] for p in default_prompts()][:args.prompts]
     pair = ensure_demo() if args.target is None else None
     target = args.target or str(pair.target)
     draft = args.draft or str(pair.draft_q4_0 if pair else "")
@@ -48,7 +49,9 @@ def main() -> None:
     if args.llama_cpp:
         binary = Path(args.llama_cpp) / "llama-server"
         command = [str(binary), "-m", target, "-md", draft, "-t", str(args.threads), "-td", str(args.threads),
-                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}"]
+                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}",
+                   # the same weight layout as ours (no extra buffer types on AMX CPUs: llama.py)
+                   *(() if USE_EXTRA_BUFFER_TYPES else ("--no-repack",))]
         with Server(command, library_dir=binary.parent) as url:
             stream_llama_server(url, prompts[0], 8)
             rows["llama-server"] = [stream_llama_server(url, p, args.max_tokens) for p in prompts]
@@ -62,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("-n", "--max-tokens", type=int, default=64)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
-    ap.add_argument("--prompts", type=int, default=len(DEFAULT_PROMPTS), help="the first N default prompts")
+    ap.add_argument("--prompts", type=int, default=len(default_prompts()), help="the first N default prompts")
     ap.add_argument("--llama-cpp", help="folder with llama.cpp's llama-server (scripts/build_llama_cpp.sh)")
     return ap.parse_args()
 
