@@ -145,7 +145,7 @@ def _warm_up(engine: Engine, rows: list[Row], log: Progress) -> None:
             log.end("done")
 
 
-def _run_all(engine: Engine, tools: ToolSettings | None, rows: list[Row], prompts: list[dict],
+def _run_all(engine: Engine | None, tools: ToolSettings | None, rows: list[Row], prompts: list[dict],
              log: Progress) -> list[dict]:
     """Every prompt through every row, the order shifted by one row per prompt."""
     runs = []
@@ -167,7 +167,7 @@ def _run_note(run: dict) -> str:
     return f"{run['tokens']} tokens, {tps:.2f} tok/s" if tps else f"{run['tokens']} tokens"
 
 
-def _run_row(engine: Engine, tools: ToolSettings | None, row: Row, prompt: str) -> dict:
+def _run_row(engine: Engine | None, tools: ToolSettings | None, row: Row, prompt: str) -> dict:
     if row.kind == "ours":
         return _run_ours(engine, row.options, prompt)
     if row.kind == "completion":
