@@ -422,6 +422,7 @@ class Context:
         started = time.perf_counter()
         with captured_log() as log:
             rc = C.llama_decode(self._ptr, batch._raw)
+            C.llama_synchronize(self._ptr)  # it may return before a GPU or an RPC host is done
         self.decode_s += time.perf_counter() - started
         if rc != 0:
             meaning = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
