@@ -179,8 +179,10 @@ def host_failed(message: str) -> None:
     hosts = ", ".join(dead)
     where = f"RPC host {hosts}" if len(dead) == 1 else f"one of the RPC hosts {hosts}"
     _State.failure = TargetLost(f"{where} stopped answering (llama.cpp: {reason})")
-    (_State.handler or _exit_now)(_State.failure)
-    threading.Event().wait()
+    try:
+        (_State.handler or _exit_now)(_State.failure)
+    finally:  # even if the handler fails: returning would abort the process
+        threading.Event().wait()
 
 
 def _exit_now(error: EdgeTreeError) -> None:
