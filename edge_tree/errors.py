@@ -31,6 +31,15 @@ class InputError(EdgeTreeError):
         self.code = code  # a machine-readable reason, e.g. context_length_exceeded
 
 
+class TargetLost(EdgeTreeError):
+    """A host that holds the target's layers (an RPC host) stopped answering mid-run. The engine
+    cannot go on: llama.cpp's calls that wait on the host never return."""
+
+
+def error_line(error: EdgeTreeError) -> str:
+    return f"edge-tree: error: {error}"
+
+
 @contextmanager
 def user_errors():
     """For command-line faces: the one exception type users meet becomes one line on stderr and
@@ -38,5 +47,5 @@ def user_errors():
     try:
         yield
     except EdgeTreeError as e:
-        print(f"edge-tree: error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         sys.exit(e.exit_code)

@@ -18,7 +18,7 @@ from .table import format_table
 
 # what to load: the same options, checks and messages as `edge-tree generate`
 LOAD_FIELDS = ("target", "draft", "threads", "ctx_size", "draft_vocab", "n_gpu_layers",
-               "draft_n_gpu_layers")
+               "draft_n_gpu_layers", "rpc", "rpc_draft")
 
 BENCH_EXAMPLES = """
 \b
@@ -27,6 +27,7 @@ Examples:
   edge-tree bench --pair B --json bench.json                  # the realistic draft
   edge-tree bench --llama-cpp ~/.cache/edge-tree/llama.cpp -t 2   # and llama.cpp's own tools
   edge-tree bench --pair C -ngl 99 -ngld 99                   # on a GPU (llama.cpp's tools too)
+  edge-tree bench --pair B --rpc 10.0.0.2:50052 --llama-cpp DIR   # the target on another host
 
 \b
 Pairs (--pair), all made from the demo model, Gemma 3 270M:

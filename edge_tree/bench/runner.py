@@ -38,7 +38,7 @@ WARMUP_TOKENS = 8
 TIME_KEYS = ("rounds", "target_decode_s", "draft_decode_s", "host_s", "host_ms_per_token",
              "host_ms_per_round")
 OFFLOAD_KEYS = ("gpu_offload_supported", "target_gpu_layers", "target_layers", "draft_gpu_layers",
-                "draft_layers")
+                "draft_layers", "target_rpc", "draft_rpc")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ def run_bench(target: str | None = None, draft: str | None = None,
         bin_dir = check_tool_dir(llama_cpp_dir)
         if load.draft is None and load.target is not None:
             raise EdgeTreeError("--llama-cpp: llama-speculative needs a draft model (-md)")
+        if load.rpc_draft_hosts and set(load.rpc_draft_hosts) != set(load.rpc_hosts):
+            raise UsageError("--rpc-draft", "llama.cpp's tools run the draft here or on the target's "
+                                            "hosts: with --llama-cpp, give it the hosts of --rpc or leave it out")
         rows += TOOL_ROWS
     if pair is not None:  # last: it may build the demo files
         target, draft = resolve_pair(pair, progress)
@@ -86,16 +89,22 @@ def run_bench(target: str | None = None, draft: str | None = None,
 
     log = Progress(progress, "[bench]")
     t_start = time.perf_counter()
+    # rpc-server serves one client at a time: over RPC, llama.cpp's tools run after our rows,
+    # once our engine has let the hosts go
+    tools_after = [r for r in rows if r.kind != "ours"] if load.rpc or load.rpc_draft else []
     engine = _load_engine(load, log, progress)
     try:
         tools = bin_dir and ToolSettings(
             bin_dir, engine.target_path, engine.draft_path, max_tokens, load.threads, load.ctx_size,
-            load.n_gpu_layers, load.draft_n_gpu_layers, llama.USE_EXTRA_BUFFER_TYPES, tool_timeout)
+            load.n_gpu_layers, load.draft_n_gpu_layers, llama.USE_EXTRA_BUFFER_TYPES, tool_timeout,
+            rpc=load.rpc)
         _warm_up(engine, rows, log)
-        runs = _run_all(engine, tools, rows, prompt_list, log)
+        runs = _run_all(engine, tools, [r for r in rows if r not in tools_after], prompt_list, log)
         state = engine.models.model_state
     finally:
         engine.close()
+    if tools_after:
+        runs += _run_all(None, tools, tools_after, prompt_list, log)
     config = _config(engine, load, specs, prompt_list, max_tokens, state, pair, tools)
     config["elapsed_s"] = round(time.perf_counter() - t_start, 2)
     return {"config": config, "prompts": prompt_list, "rows": aggregate(rows, runs), "runs": runs}
@@ -136,7 +145,7 @@ def _warm_up(engine: Engine, rows: list[Row], log: Progress) -> None:
             log.end("done")
 
 
-def _run_all(engine: Engine, tools: ToolSettings | None, rows: list[Row], prompts: list[dict],
+def _run_all(engine: Engine | None, tools: ToolSettings | None, rows: list[Row], prompts: list[dict],
              log: Progress) -> list[dict]:
     """Every prompt through every row, the order shifted by one row per prompt."""
     runs = []
@@ -158,7 +167,7 @@ def _run_note(run: dict) -> str:
     return f"{run['tokens']} tokens, {tps:.2f} tok/s" if tps else f"{run['tokens']} tokens"
 
 
-def _run_row(engine: Engine, tools: ToolSettings | None, row: Row, prompt: str) -> dict:
+def _run_row(engine: Engine | None, tools: ToolSettings | None, row: Row, prompt: str) -> dict:
     if row.kind == "ours":
         return _run_ours(engine, row.options, prompt)
     if row.kind == "completion":
@@ -197,7 +206,10 @@ def _config(engine: Engine, load: LoadOptions, specs: list[ModeSpec], prompts: l
         # False on AMX CPUs: llama.cpp's extra buffer types off, and --no-repack for its tools
         "weight_repacking": llama.USE_EXTRA_BUFFER_TYPES,
         "llama_cpp_dir": str(tools.bin_dir) if tools else None,
-        "order": "every prompt runs every row in turn; the order rotates by one per prompt",
+        "order": "every prompt runs every row in turn; the order rotates by one per prompt"
+                 + ("; llama.cpp's rows after ours (rpc-server serves one client at a time)"
+                    if load.rpc or load.rpc_draft else ""),
+        "rpc": load.rpc, "rpc_draft": load.rpc_draft,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version()},
         "versions": _versions(),

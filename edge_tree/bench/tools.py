@@ -118,11 +118,12 @@ class ToolSettings:
     draft_n_gpu_layers: int = 0
     repack: bool = True  # False: --no-repack (llama.cpp's extra buffer types off, as in our engine)
     timeout: float = 600.0
+    rpc: str | None = None  # the target's RPC hosts; the draft goes there only with -ngld
 
     def shared_args(self) -> list[str]:
         return ["-t", str(self.threads), "-tb", str(self.threads), "-c", str(self.ctx_size),
                 "-ngl", gpu_layers_arg(self.n_gpu_layers), "--temp", "0", "-s", "0", "--ignore-eos",
-                *(() if self.repack else ("--no-repack",))]
+                *(() if self.repack else ("--no-repack",)), *(("--rpc", self.rpc) if self.rpc else ())]
 
 
 def gpu_layers_arg(n: int) -> str:

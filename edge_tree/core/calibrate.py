@@ -2,7 +2,9 @@
 
 The adaptive policy sizes trees from these curves (FIELD.md section 5: on a 2-core CPU verifying
 16 tokens costs 2.5 one-token passes with an F32 target, far less on a GPU). Results are cached
-in the user cache dir, keyed by file, size, mtime, threads and offload.
+in the user cache dir, keyed by file, size, mtime, threads and placement: the layers offloaded
+and the RPC hosts they run on (a pass over RPC pays the network's round trips, and the policy
+must see them to grow trees where they dominate).
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _key(ctx: llama.Context) -> str:
     path = ctx.model.path.resolve()
     stat = path.stat()
     return "|".join(str(x) for x in (path, stat.st_size, int(stat.st_mtime), ctx.threads,
-                                     ctx.model.offloaded_layers, llama.version()))
+                                     ctx.model.offloaded_layers, llama.version(),
+                                     *(f"rpc={host}" for host in ctx.model.rpc_hosts)))
 
 
 def cached_costs(ctx: llama.Context, sizes, cache_file: Path | None = None) -> dict[int, float]:

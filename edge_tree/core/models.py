@@ -37,6 +37,7 @@ class LoadedModels:
 
     def _load(self, options: LoadOptions, progress: bool) -> None:
         target, draft = options.target, options.draft
+        llama.connect_rpc(dict.fromkeys(options.rpc_hosts + options.rpc_draft_hosts))  # fail fast
         if target is None:  # the demo pair, built on first use
             pair = ensure_demo(progress=progress)
             target, draft = str(pair.target), str(draft or pair.draft)
@@ -44,7 +45,8 @@ class LoadedModels:
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         threads, n_ctx = options.threads, options.ctx_size
         n_seq = llama.max_parallel_sequences()
-        self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers))
+        self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers,
+                                                       options.rpc_hosts))
         self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
         self.target = self._keep(TargetRunner(self.target_ctx))
         self.draft_model = self.reduced = None
@@ -64,7 +66,7 @@ class LoadedModels:
     def _load_draft(self, options: LoadOptions, progress: bool) -> None:
         """The draft as given, or the reduced-vocabulary copy derived from it (llamacpp.draft_vocab)
         where asked, or, under auto, where it is measured to pay on this machine."""
-        full = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers))
+        full = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers, options.rpc_draft_hosts))
         check_vocab(self.target_model, full)
         reduced = draft_vocabs.load(full, options.draft_vocab, cache_dir(), options.threads,
                                     options.draft_n_gpu_layers, progress)
@@ -112,14 +114,16 @@ class LoadedModels:
 
     @property
     def model_state(self) -> dict:
-        """GPU offload of both models, and how many tokens the draft may propose."""
+        """GPU offload of both models (and their RPC hosts), and how many tokens the draft may propose."""
         state = {"gpu_offload_supported": llama.supports_gpu_offload(),
                  "target_gpu_layers": self.target_model.offloaded_layers,
-                 "target_layers": self.target_model.n_layer + 1}
+                 "target_layers": self.target_model.n_layer + 1,
+                 "target_rpc": list(self.target_model.rpc_hosts)}
         if self.draft_model:
             state.update(draft_vocab=self.draft_model.n_vocab,
                          draft_gpu_layers=self.draft_model.offloaded_layers,
-                         draft_layers=self.draft_model.n_layer + 1)
+                         draft_layers=self.draft_model.n_layer + 1,
+                         draft_rpc=list(self.draft_model.rpc_hosts))
         return state
 
     def _keep(self, obj):

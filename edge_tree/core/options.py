@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..errors import UsageError
+from ..llamacpp.rpc import endpoints_complaint, parse_endpoints
 from .sampling import SamplingParams
 
 MODES = ("ar", "lookup", "chain", "tree")
@@ -191,10 +192,21 @@ class LoadOptions(_Checked):
                                  help="Target GGUF model (default: the demo pair).")
     draft: str | None = _option(None, "-md", "--draft", kind=str,
                                 help="Draft GGUF model (same tokenizer as the target).")
-    n_gpu_layers: int = _option(0, "-ngl", "--n-gpu-layers", kind=int, check=at_least(-1),
-                                help="Target layers to offload to the GPU (-1 or 99: all).")
-    draft_n_gpu_layers: int = _option(0, "-ngld", "--draft-n-gpu-layers", kind=int, check=at_least(-1),
-                                      help="Draft layers to offload to the GPU.")
+    n_gpu_layers: int | None = _option(None, "-ngl", "--n-gpu-layers", kind=int, check=at_least(-1), help=(
+        "Target layers to offload to the GPU or the --rpc hosts (-1 or 99: all; default: 0, or "
+        "all with --rpc)."))
+    draft_n_gpu_layers: int | None = _option(None, "-ngld", "--draft-n-gpu-layers", kind=int,
+                                             check=at_least(-1), help=(
+        "Draft layers to offload to the GPU or the --rpc-draft hosts (default: 0, or all with "
+        "--rpc-draft)."))
+    rpc: str | None = _option(None, "--rpc", kind=str, check=endpoints_complaint, metavar="HOST:PORT[,...]",
+                              help=(
+        "Run the target's layers on llama.cpp rpc-server hosts: all of them unless -ngl says "
+        "how many, split between the hosts. The RPC protocol has no authentication: bind "
+        "rpc-server to trusted interfaces only (docs/distributed.md)."))
+    rpc_draft: str | None = _option(None, "--rpc-draft", kind=str, check=endpoints_complaint,
+                                    metavar="HOST:PORT[,...]",
+                                    help="Run the draft's layers on these rpc-server hosts (default: here).")
     threads: int | None = _option(None, "-t", "--threads", kind=int, check=at_least(1),
                                   help="CPU threads (default: all cores).")
     ctx_size: int = _option(4096, "-c", "--ctx-size", kind=int, check=at_least(16),
@@ -209,6 +221,21 @@ class LoadOptions(_Checked):
         "number N. A reduced draft is derived once into the cache; the output does not change."))
     verbose: bool = _option(False, "--verbose", kind=bool, help="Show llama.cpp's own logs.")
 
+    def __post_init__(self):
+        super().__post_init__()
+        # without -ngl / -ngld, a model given RPC hosts runs there whole, any other stays here
+        for layers, hosts in (("n_gpu_layers", self.rpc), ("draft_n_gpu_layers", self.rpc_draft)):
+            if getattr(self, layers) is None:
+                object.__setattr__(self, layers, -1 if hosts else 0)
+
+    @property
+    def rpc_hosts(self) -> tuple[str, ...]:
+        return parse_endpoints(self.rpc) if self.rpc else ()
+
+    @property
+    def rpc_draft_hosts(self) -> tuple[str, ...]:
+        return parse_endpoints(self.rpc_draft) if self.rpc_draft else ()
+
 
 def click_options(cls, *, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()):
     """Decorator: one click option per field of an options dataclass (values unchecked here:
@@ -220,13 +247,13 @@ def click_options(cls, *, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()
             if (only and f.name not in only) or f.name in skip:
                 continue
             meta = f.metadata
-            kw: dict[str, Any] = {"help": meta["help"]}
+            kw: dict[str, Any] = {"help": meta["help"], "metavar": meta["metavar"]}
             if meta["kind"] is bool:
                 flags = meta["flags"] if "/" in meta["flags"][0] else (*meta["flags"],)
                 kw.update(is_flag=True, default=f.default, show_default="/" in meta["flags"][0])
             elif meta["kind"] is tuple:
                 flags = meta["flags"]
-                kw.update(multiple=True, metavar=meta["metavar"])
+                kw.update(multiple=True)
             else:
                 flags = meta["flags"]
                 click_type = {int: int, float: float, str: str}[meta["kind"]]

@@ -101,10 +101,17 @@ def format_stats(stats: dict) -> str:
 
 
 def format_offload(state: dict) -> str:
-    """'GPU offload: target 19/19 layers, draft 0/19 layers', from the model state in the stats."""
-    offload = f"GPU offload: target {state['target_gpu_layers']}/{state['target_layers']} layers"
+    """'GPU offload: target 19/19 layers, draft 0/19 layers', from the model state in the stats;
+    RPC hosts named after the layers they hold."""
+    offload = (f"GPU offload: target {state['target_gpu_layers']}/{state['target_layers']} layers"
+               + _on_hosts(state.get("target_rpc")))
     if "draft_layers" in state:
-        offload += f", draft {state['draft_gpu_layers']}/{state['draft_layers']} layers"
-    if not state["gpu_offload_supported"]:
+        offload += (f", draft {state['draft_gpu_layers']}/{state['draft_layers']} layers"
+                    + _on_hosts(state.get("draft_rpc")))
+    if not (state["gpu_offload_supported"] or state.get("target_rpc") or state.get("draft_rpc")):
         offload += " (this llama.cpp build has no GPU support)"
     return offload
+
+
+def _on_hosts(hosts: list[str] | None) -> str:
+    return f" on RPC hosts {', '.join(hosts)}" if hosts else ""

@@ -227,7 +227,7 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
     meta = describe_gguf(path, "draft", (IDS_KEY, COVERAGE_KEY))["meta"]
     ids = meta[IDS_KEY].astype(np.int64)
     table = InputTable(full.path)
-    model = llama.Model(path, n_gpu_layers)
+    model = llama.Model(path, n_gpu_layers, full.rpc_hosts)  # where the full draft runs
     try:
         table.scale = input_scale(model, ids, table, threads)
         if table.scale is None:

@@ -21,26 +21,22 @@ import llama_cpp as C
 
 from ..errors import EdgeTreeError
 
-from . import NUMPY_CAME_FIRST
+from . import NUMPY_CAME_FIRST, rpc
+from .facts import cpu_has_amx, is_cuda_build, load_failure, why
 
 _backend_ready = False
+_LIB_DIR = os.environ.get("LLAMA_CPP_LIB_PATH") or Path(C.__file__).parent / "lib"  # llama_cpp's choice
 
 
 def _ensure_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        if NUMPY_CAME_FIRST and _is_cuda_build():
+        if NUMPY_CAME_FIRST and is_cuda_build(_LIB_DIR):
             raise EdgeTreeError("this CUDA build of llama.cpp crashes at model load when numpy is imported "
                                 "before it: import edge_tree (or llama_cpp) before numpy")
         C.llama_log_set(_on_log, ctypes.c_void_p(0))
         C.llama_backend_init()
         _backend_ready = True
-
-
-def _is_cuda_build() -> bool:
-    """Whether the llama.cpp library llama_cpp loaded ships a CUDA backend beside it."""
-    lib_dir = os.environ.get("LLAMA_CPP_LIB_PATH") or Path(C.__file__).parent / "lib"
-    return any(Path(lib_dir).glob("libggml-cuda.*"))
 
 
 # -- logs: llama.cpp has one process-wide log callback ----------------------------------------
@@ -94,45 +90,105 @@ def captured_log() -> Iterator[list[str]]:
     try:
         yield lines
     finally:
-        _logs.captures.remove(lines)
-
-
-def _why(lines: list[str], n: int = 3) -> str:
-    return " | ".join(lines[-n:])
-
-
-def _load_failure(log: list[str]) -> str:
-    """Why llama.cpp refused a model file. It says so in a line "llama_model_load: error loading
-    model: <reason>"; where its GGUF reader refused the file, that reason is only "failed to load
-    model from PATH", and the reader's own first line says what is wrong."""
-    reasons = [line.split("error loading model:", 1)[1].strip() for line in log
-               if "error loading model:" in line]
-    if not reasons:
-        return _why(log)
-    gguf_reasons = [line.split(":", 1)[1].strip() for line in log if line.startswith("gguf_init_from")]
-    if "failed to load model from" in reasons[-1] and gguf_reasons:
-        return gguf_reasons[0]
-    return reasons[-1]
-
-
-def _cpu_has_amx() -> bool:
-    """Whether this CPU has Intel AMX tiles (Linux: the amx_* flags in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return any(line.startswith("flags") and " amx_tile" in line for line in info)
-    except OSError:
-        return False
+        _logs.captures.pop()  # this one: captures nest (remove() would take an equal outer list)
 
 
 # llama.cpp's AMX weight buffers crash in ggml_backend_amx_mul_mat on any batch of two or more
 # tokens on some AMX machines (measured here on a Sapphire Rapids VM; llama.cpp #20824, open):
 # every tree and every chain is such a batch. Where the CPU has AMX, weights stay in plain CPU
 # buffers (no extra buffer types: no AMX, and no CPU repacking either).
-USE_EXTRA_BUFFER_TYPES = not _cpu_has_amx()
+USE_EXTRA_BUFFER_TYPES = not cpu_has_amx()
 
 
 def supports_gpu_offload() -> bool:
-    return bool(C.llama_supports_gpu_offload())
+    """Whether this machine has a GPU (llama_supports_gpu_offload() also counts RPC support)."""
+    _ensure_backend()
+    return bool(_local_gpus())
+
+
+def supports_rpc() -> bool:
+    """Whether this llama.cpp build has the RPC backend (CMAKE_ARGS="-DGGML_RPC=ON")."""
+    _ensure_backend()
+    return bool(C.llama_supports_rpc())
+
+
+# -- devices: ggml's registry, which llama_cpp does not wrap (bound through libllama's handle) --
+
+def _bind(name: str, restype, *argtypes):
+    function = getattr(C.llama_cpp._lib, name)
+    function.restype, function.argtypes = restype, list(argtypes)
+    return function
+
+
+_ptr = ctypes.c_void_p
+_ABORT_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_ADD_SERVER = ctypes.CFUNCTYPE(_ptr, ctypes.c_char_p)
+_DEVICE_GPU, _DEVICE_IGPU = 1, 2  # enum ggml_backend_dev_type
+
+
+class _ggml:
+    reg_by_name = _bind("ggml_backend_reg_by_name", _ptr, ctypes.c_char_p)
+    reg_proc_address = _bind("ggml_backend_reg_get_proc_address", _ptr, _ptr, ctypes.c_char_p)
+    register = _bind("ggml_backend_register", None, _ptr)
+    reg_dev_count = _bind("ggml_backend_reg_dev_count", ctypes.c_size_t, _ptr)
+    reg_dev_get = _bind("ggml_backend_reg_dev_get", _ptr, _ptr, ctypes.c_size_t)
+    dev_count = _bind("ggml_backend_dev_count", ctypes.c_size_t)
+    dev_get = _bind("ggml_backend_dev_get", _ptr, ctypes.c_size_t)
+    dev_type = _bind("ggml_backend_dev_type", ctypes.c_int, _ptr)
+    set_abort_callback = _bind("ggml_set_abort_callback", _ptr, _ABORT_CALLBACK)
+
+
+_rpc_devices: dict[str, list[int]] = {}  # endpoint -> its devices; registration is process-wide
+
+
+def _local_gpus() -> list[int]:
+    """llama.cpp's default pick less RPC hosts: discrete GPUs, else integrated ones."""
+    hosts = {device for devices in _rpc_devices.values() for device in devices}
+    found = {_DEVICE_GPU: [], _DEVICE_IGPU: []}
+    for device in map(_ggml.dev_get, range(_ggml.dev_count())):
+        found.get(_ggml.dev_type(device), []).append(device)
+    return [d for d in found[_DEVICE_GPU] if d not in hosts] or found[_DEVICE_IGPU]
+
+
+def connect_rpc(endpoints: Sequence[str]) -> None:
+    """Check each host from Python (rpc.check_host), then give it to llama.cpp's RPC backend,
+    once per process. EdgeTreeError (one line) wherever llama.cpp would abort."""
+    _ensure_backend()
+    if endpoints and not supports_rpc():
+        raise EdgeTreeError(rpc.NO_BACKEND)
+    for endpoint in endpoints:
+        rpc.check_host(endpoint)
+        if endpoint not in _rpc_devices:
+            _rpc_devices[endpoint] = _add_rpc_server(endpoint)
+
+
+def _add_rpc_server(endpoint: str) -> list[int]:
+    if not _rpc_devices:  # from the first host on, llama.cpp may abort on a host's behalf
+        _ggml.set_abort_callback(_on_abort)
+    add = _ADD_SERVER(_ggml.reg_proc_address(_ggml.reg_by_name(b"RPC"), b"ggml_backend_rpc_add_server"))
+    rpc.registered(endpoint)
+    reg = add(endpoint.encode())
+    if not reg:
+        raise EdgeTreeError(f"RPC host {endpoint} offers no devices")
+    _ggml.register(reg)
+    return [_ggml.reg_dev_get(reg, i) for i in range(_ggml.reg_dev_count(reg))]
+
+
+@_ABORT_CALLBACK
+def _on_abort(message):
+    text = (message or b"").decode("utf-8", "replace")
+    if rpc.is_rpc_abort(text):
+        rpc.host_failed(text)  # never returns
+    sys.stderr.write(text + "\n")  # any other abort ends the process as llama.cpp's own does
+
+
+def _device_list(endpoints: Sequence[str]):
+    """llama_model_params.devices: NULL (every device) until this process registers an RPC host;
+    then the model's own hosts and the local GPUs: no model lands on a host it was not given."""
+    if not _rpc_devices:
+        return None
+    devices = [d for endpoint in endpoints for d in _rpc_devices[endpoint]] + _local_gpus()
+    return (_ptr * (len(devices) + 1))(*devices, None)
 
 
 def max_parallel_sequences() -> int:
@@ -147,17 +203,22 @@ def version() -> str:
 class Model:
     """A loaded GGUF model and its vocabulary."""
 
-    def __init__(self, path: str | os.PathLike, n_gpu_layers: int = 0):
-        _ensure_backend()
+    def __init__(self, path: str | os.PathLike, n_gpu_layers: int = 0, rpc_hosts: Sequence[str] = ()):
+        """rpc_hosts: RPC endpoints (HOST:PORT) that take the offloaded layers, with local GPUs."""
+        connect_rpc(rpc_hosts)
         self.path = Path(path)
+        self.rpc_hosts = tuple(rpc_hosts)
         params = C.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = USE_EXTRA_BUFFER_TYPES
+        devices = _device_list(self.rpc_hosts)
+        if devices is not None:
+            params.devices = ctypes.cast(devices, _ptr)
         with captured_log() as log:
             self._ptr = C.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._ptr:
-            why = _load_failure(log)
-            raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {why}" if why else ""))
+            reason = load_failure(log)
+            raise EdgeTreeError(f"llama.cpp could not load {self.path}" + (f": {reason}" if reason else ""))
         self.requested_gpu_layers = n_gpu_layers
         self._vocab = C.llama_model_get_vocab(self._ptr)
         self.n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
@@ -182,8 +243,8 @@ class Model:
 
     @property
     def offloaded_layers(self) -> int:
-        """Layers llama.cpp puts on the GPU: 0 on a CPU-only build whatever was asked."""
-        if not supports_gpu_offload() or self.requested_gpu_layers == 0:
+        """Layers llama.cpp puts on GPUs or RPC hosts: 0 without either, whatever was asked."""
+        if self.requested_gpu_layers == 0 or not (self.rpc_hosts or supports_gpu_offload()):
             return 0
         n_total = self.n_layer + 1  # the output layer counts as one more, as llama.cpp reports it
         if self.requested_gpu_layers < 0:
@@ -233,10 +294,16 @@ class Model:
         return bool(C.llama_vocab_is_eog(self._vocab, token))
 
     # -- lifetime -------------------------------------------------------------------------
+    @property
+    def lost(self) -> bool:
+        """Whether an RPC host of this process stopped answering while this model uses RPC hosts:
+        llama.cpp's calls on it would wait forever, freeing it included (so it is left)."""
+        return bool(self.rpc_hosts) and rpc.failure() is not None
+
     def close(self) -> None:
-        if self._ptr:
+        if self._ptr and not self.lost:
             C.llama_model_free(self._ptr)
-            self._ptr = None
+        self._ptr = None
 
     def __enter__(self) -> "Model":
         return self
@@ -327,7 +394,7 @@ class Context:
             self._ptr = C.llama_init_from_model(model._ptr, params)
         if not self._ptr:
             raise EdgeTreeError(f"llama.cpp could not create a context of {n_ctx} tokens for "
-                                f"{model.path.name}: {_why(log)}")
+                                f"{model.path.name}: {why(log)}")
         self.model = model
         self.n_ctx = int(C.llama_n_ctx(self._ptr))
         self.n_batch = n_batch
@@ -348,16 +415,19 @@ class Context:
         if (batch.embd is None) != (self.embed is None):
             raise EdgeTreeError("internal: this context decodes "
                                 f"{'embeddings' if self.embed else 'token ids'}; use new_batch()")
+        if self.model.lost:
+            raise rpc.failure()
         if self.embed:
             batch.embd[:batch.n_tokens] = self.embed(batch.tokens[:batch.n_tokens])
         started = time.perf_counter()
         with captured_log() as log:
             rc = C.llama_decode(self._ptr, batch._raw)
+            C.llama_synchronize(self._ptr)  # it may return before a GPU or an RPC host is done
         self.decode_s += time.perf_counter() - started
         if rc != 0:
-            why = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
-            raise EdgeTreeError(f"llama_decode failed ({rc}: {why.get(rc, 'fatal error')}) "
-                                f"{_why(log)}".strip())
+            meaning = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
+            raise EdgeTreeError(f"llama_decode failed ({rc}: {meaning.get(rc, 'fatal error')}) "
+                                f"{why(log)}".strip())
 
     def feed(self, batch: Batch, tokens: Sequence[int], start_pos: int, seq_id: int = 0) -> int:
         """Decode a run of tokens in one sequence, in chunks that fit the batch, with logits for
@@ -400,9 +470,9 @@ class Context:
         C.llama_memory_clear(self._mem, True)
 
     def close(self) -> None:
-        if self._ptr:
+        if self._ptr and not self.model.lost:
             C.llama_free(self._ptr)
-            self._ptr = None
+        self._ptr = None
 
     def __enter__(self) -> "Context":
         return self
@@ -426,4 +496,4 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads
     with captured_log() as log:
         rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise EdgeTreeError(f"quantizing {src} to {quant} failed: {_why(log)}")
+        raise EdgeTreeError(f"quantizing {src} to {quant} failed: {why(log)}")

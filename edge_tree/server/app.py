@@ -20,7 +20,7 @@ from ..core.chat import ChatTemplate
 from ..core.engine import GenerationResult
 from ..errors import EdgeTreeError
 from . import wire
-from .worker import Closed, Job, QueueFull, Worker
+from .worker import Closed, Job, QueueFull, Unavailable, Worker
 
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
 RETRY_AFTER_S = 1
@@ -58,9 +58,12 @@ def create_app(worker: Worker, model_id: str) -> FastAPI:
     @app.get("/health")
     async def health():
         counters = worker.counters
-        return {"status": "ok", "model": model_id, "running": int(worker.running is not None),
-                "waiting": worker.waiting, "queue_size": worker.queue_size, "served": counters.served,
-                "cancelled": counters.cancelled, "rejected": counters.rejected}
+        state = {"status": "ok", "model": model_id, "running": int(worker.running is not None),
+                 "waiting": worker.waiting, "queue_size": worker.queue_size, "served": counters.served,
+                 "cancelled": counters.cancelled, "rejected": counters.rejected}
+        if worker.lost:  # answered, but unhealthy: a load balancer takes this server out
+            return JSONResponse(state | {"status": "unavailable", "running": 0, "error": str(worker.lost)}, 503)
+        return state
 
     @app.get("/v1/models")
     async def models():
@@ -94,6 +97,8 @@ def create_app(worker: Worker, model_id: str) -> FastAPI:
                                 headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         except Closed:
             raise _closing() from None
+        except Unavailable as e:
+            raise wire.unavailable(e.args[0]) from None
         watcher = asyncio.create_task(watch_client(request, job))
         try:
             event = await next_event(job, call)
@@ -126,6 +131,8 @@ async def next_event(job: Job, call: wire.Call) -> Event:
         raise _closing()
     if kind == "dropped":
         raise ClientGone
+    if kind == "unavailable":
+        raise wire.unavailable(value)
     if kind == "error":
         raise wire.error_from(value, call.chat)
     return Event(kind, value)

@@ -11,6 +11,8 @@ from pathlib import Path
 import uvicorn
 
 from ..core.engine import Engine
+from ..errors import TargetLost, error_line
+from ..llamacpp import rpc
 from .app import create_app
 from .worker import Worker
 
@@ -30,12 +32,20 @@ def run(engine: Engine, listener: socket.socket, queue_size: int, trace_dir: str
     print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "
           f"(queue {queue_size}; Ctrl-C to stop)", file=sys.stderr, flush=True)
     worker.start()
+    rpc.on_host_failure(lambda error: _target_lost(worker, error))
     try:
         with _signals_end_quietly():
             server.run(sockets=[listener])
     finally:
+        rpc.on_host_failure(None)
         worker.close()
         worker.join()
+
+
+def _target_lost(worker: Worker, error: TargetLost) -> None:
+    """Said once in the server's log; the server goes on, answering 503 (see Worker.target_lost)."""
+    print(error_line(error) + "; answering 503 until restarted", file=sys.stderr, flush=True)
+    worker.target_lost(error)
 
 
 class GracefulServer(uvicorn.Server):

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.engine import GenerationResult
 from ..core.options import GenOptions
-from ..errors import EdgeTreeError, InputError, UsageError
+from ..errors import EdgeTreeError, InputError, TargetLost, UsageError
 
 # OpenAI fields asking for what edge-tree does not do: accepted only at the value that asks for nothing
 NEUTRAL = {"n": (1,), "best_of": (1,), "echo": (False,), "logprobs": (False, 0), "top_logprobs": (0,),
@@ -48,10 +48,19 @@ def server_error(message: str) -> ApiError:
     return ApiError(500, message, kind="server_error")
 
 
+def unavailable(error: TargetLost) -> ApiError:
+    """Every request once the target is lost: this process cannot run it again."""
+    return ApiError(503, f"the target is unavailable: {error}; restart edge-tree serve",
+                    kind="server_error", code="target_unavailable")
+
+
 def error_from(error: Exception, chat: bool) -> ApiError:
-    """An exception from a generation: the client's fault is a 400 naming the field, the rest 500."""
+    """An exception from a generation: the client's fault is a 400 naming the field, a lost RPC
+    host 502, the rest 500."""
     if isinstance(error, UsageError):  # an option value: named as the JSON field, not the flag
         return ApiError(400, str(error).replace(error.option, error.field, 1), param=error.field)
+    if isinstance(error, TargetLost):  # the host behind this server failed: a bad gateway
+        return ApiError(502, str(error), kind="server_error", code="rpc_host_failed")
     if isinstance(error, InputError):
         param = "messages" if chat and error.field == "prompt" else error.field
         return ApiError(400, str(error), param=param, code=error.code)

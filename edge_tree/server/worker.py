@@ -3,8 +3,9 @@
 An Engine is not thread-safe, so a single thread owns it and takes jobs in arrival order. A job
 talks back to its request (on the server's event loop) through an asyncio queue of events:
 ("text", piece) as text streams, then ("done", GenerationResult) or ("error", exception), or
-("closed", None) when the server shut down before the job ran, or ("dropped", None) when its
-client had left before it ran. A job whose client went away is
+("closed", None) when the server shut down before the job ran, ("dropped", None) when its
+client had left before it ran, or ("unavailable", TargetLost) when an RPC host of the target
+stopped answering before it ran. A job whose client went away is
 cancelled: the engine stops it at the next round boundary (should_stop), or skips it if it
 had not started.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
+from ..errors import TargetLost
 
 
 class QueueFull(Exception):
@@ -27,6 +29,10 @@ class QueueFull(Exception):
 
 class Closed(Exception):
     """The server is shutting down and takes no more jobs."""
+
+
+class Unavailable(Exception):
+    """The target is lost (an RPC host stopped answering): no job can run any more."""
 
 
 @dataclass
@@ -62,6 +68,7 @@ class Worker:
         self.trace_dir = trace_dir
         self.counters = Counters()
         self.running: Job | None = None
+        self.lost: TargetLost | None = None
         self._waiting: collections.deque[Job] = collections.deque()
         self._closing = False
         self._wake = threading.Condition()
@@ -75,10 +82,13 @@ class Worker:
         return len(self._waiting)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; QueueFull when the queue is full, Closed when shutting down."""
+        """Queue a job; QueueFull when the queue is full, Closed when shutting down, Unavailable
+        once the target is lost."""
         with self._wake:
             if self._closing:
                 raise Closed
+            if self.lost:
+                raise Unavailable(self.lost)
             if len(self._waiting) >= self.queue_size:
                 self.counters.rejected += 1
                 raise QueueFull
@@ -95,8 +105,22 @@ class Worker:
         for job in waiting:
             job.send("closed")
 
+    def target_lost(self, error: TargetLost) -> None:
+        """On llama.cpp's thread, when an RPC host of the target stopped answering: the running
+        job fails now (its thread stays inside llama.cpp for good, waiting on the host), the
+        waiting ones and every later one are told the target is unavailable."""
+        with self._wake:
+            self.lost = error
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        running = self.running
+        if running:
+            running.send("error", error)
+        for job in waiting:
+            job.send("unavailable", error)
+
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if not self.lost:  # a lost target's thread never comes back
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:

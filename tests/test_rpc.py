@@ -1,0 +1,248 @@
+"""The target over llama.cpp's RPC backend (issue 14): two ggml-rpc-server processes on loopback
+hold its layers, the draft stays here. Greedy text equals the local run's; an unreachable host,
+a protocol version mismatch and a host killed mid-generation are each one clear line (CLI) or an
+OpenAI-shaped 5xx with the server going on (serve).
+
+Needs llama.cpp with the RPC backend (README's install step; here LLAMA_CPP_LIB_PATH may point at
+such a build) and ggml-rpc-server (scripts/build_llama_cpp.sh --rpc-server-only): without
+either these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from delayproxy import DelayProxy
+from rpchosts import FakeRpcServer, RpcServer, free_port, rpc_server_binary
+from serving import ServerProcess
+from test_bench_parts import flag_value, settings
+from test_cli import assert_one_line_error, edge_tree_exe, invoke, run
+from test_server import assert_error, post, server_env
+
+from edge_tree.bench.runner import run_bench
+from edge_tree.bench.tools import completion_command, speculative_command
+from edge_tree.core.calibrate import _key
+from edge_tree.core.engine import Engine
+from edge_tree.errors import EdgeTreeError, UsageError
+from edge_tree.llamacpp import llama, rpc
+
+THREADS = "1"
+SLOW = 8000  # tokens: seconds of work over RPC, so a generation is still running when a host dies
+PROMPT = "hello world"
+
+
+@pytest.fixture(scope="module")
+def rpc_binary():
+    assert llama.supports_rpc(), rpc.NO_BACKEND
+    return rpc_server_binary()
+
+
+@pytest.fixture(scope="module")
+def hosts(rpc_binary):
+    """Two rpc-servers for the whole module (each serves one client at a time: the tests that
+    use them run one engine at a time, closed before the servers stop)."""
+    with RpcServer(rpc_binary) as first, RpcServer(rpc_binary) as second:
+        yield [first.endpoint, second.endpoint]
+
+
+@pytest.fixture
+def doomed(rpc_binary):
+    """An rpc-server of the test's own, to kill."""
+    with RpcServer(rpc_binary) as server:
+        yield server
+
+
+# -- the text over RPC ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["ar", "tree"])
+def test_greedy_text_over_two_rpc_hosts_equals_the_local_run(tiny_target, tiny_draft_same, hosts,
+                                                            private_cache, mode):
+    runs = []
+    for placement in ({}, {"rpc": ",".join(hosts)}):
+        with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=256, policy="fixed",
+                    **placement) as engine:
+            result = engine.generate(PROMPT, max_tokens=24, mode=mode, max_depth=3)
+            runs.append((result, engine.models.model_state))
+    (local, _), (remote, state) = runs
+    assert remote.tokens == local.tokens and remote.text == local.text
+    assert (remote.stats["drafted"] > 0) == (mode == "tree")
+    # no -ngl: every target layer is on the hosts, the draft stays here
+    assert state["target_rpc"] == hosts and state["target_gpu_layers"] == state["target_layers"]
+    assert state["draft_rpc"] == [] and state["draft_gpu_layers"] == 0
+
+
+def test_the_layers_really_go_to_the_hosts_given(tiny_target, tiny_draft_same, hosts, private_cache):
+    """llama.cpp's load log names each device's buffers: both hosts hold target layers; with
+    --rpc-draft the draft's are on its host only, and a model given no host (loaded after hosts
+    were registered in this process) holds none."""
+    options = dict(threads=1, ctx_size=256)
+    with llama.captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options,
+                                             rpc=hosts[0], rpc_draft=hosts[1]) as engine:
+        text = engine.generate(PROMPT, max_tokens=8, mode="chain", max_depth=2).text
+        state = engine.models.model_state
+    assert state["target_rpc"] == hosts[:1] and state["draft_rpc"] == hosts[1:]
+    buffers = [line for line in log if "model buffer size" in line]
+    assert [host for host in hosts if any(f"[{host}]" in line for line in buffers)] == hosts, buffers
+    with llama.captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options) as engine:
+        assert engine.generate(PROMPT, max_tokens=8, mode="chain", max_depth=2).text == text
+    assert not [line for line in log if "RPC" in line], log
+
+
+def test_the_handshake_check_accepts_a_real_rpc_server(hosts):
+    """rpc.PROTOCOL_MAJOR is this llama.cpp's: the server built from the same source agrees."""
+    for host in hosts:
+        rpc.check_host(host)
+
+
+def test_calibration_is_keyed_by_the_hosts(tiny_target):
+    def ctx(*hosts):
+        model = SimpleNamespace(path=tiny_target, offloaded_layers=3, rpc_hosts=hosts)
+        return SimpleNamespace(model=model, threads=1)
+
+    keys = {_key(ctx()), _key(ctx("10.0.0.2:50052")), _key(ctx("10.0.0.3:50052"))}
+    assert len(keys) == 3
+
+
+def test_bench_over_rpc_gives_the_local_text(tiny_target, tiny_draft_same, hosts, private_cache):
+    result = run_bench(str(tiny_target), str(tiny_draft_same), modes="ar,tree", prompts=[PROMPT],
+                       max_tokens=8, progress=False, threads=1, ctx_size=256, rpc=hosts[0])
+    assert result["config"]["offload"]["target_rpc"] == hosts[:1] and result["config"]["rpc"] == hosts[0]
+    assert [row["same_as_ar"] for row in result["rows"]] == ["1/1", "1/1"]
+
+
+def test_llama_cpp_tools_get_the_target_hosts(tmp_path):
+    tools = settings(tmp_path, rpc="10.0.0.2:50052,10.0.0.3:50052", n_gpu_layers=-1)
+    for cmd in (completion_command(tools, "hi"), speculative_command(tools, "hi", 4, 1)):
+        assert flag_value(cmd, "--rpc") == "10.0.0.2:50052,10.0.0.3:50052" and flag_value(cmd, "-ngl") == "all"
+    assert "--rpc" not in completion_command(settings(tmp_path), "hi")
+
+
+def test_llama_cpp_tools_cannot_put_the_draft_on_other_hosts(tmp_path, tiny_target, tiny_draft_same):
+    (tmp_path / "llama-completion").write_text("")
+    with pytest.raises(UsageError, match="--rpc-draft"):
+        run_bench(str(tiny_target), str(tiny_draft_same), modes="ar", llama_cpp_dir=tmp_path,
+                  rpc="10.0.0.2:50052", rpc_draft="10.0.0.3:50052", progress=False)
+
+
+# -- bad endpoints and hosts -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, needle", [
+    ("10.0.0.2", "HOST:PORT"), ("10.0.0.2:0", "1..65535"), ("10.0.0.2:99999", "1..65535"),
+    ("[::1]:50052", "IPv4"), ("a:1,a:1", "twice"), ("", "HOST:PORT"),
+])
+@pytest.mark.parametrize("flag", ["--rpc", "--rpc-draft"])
+def test_a_malformed_endpoint_exits_2_before_anything_loads(tiny_target, flag, value, needle):
+    r = invoke("generate", "-m", str(tiny_target), "-t", THREADS, flag, value, "hi")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"edge-tree: error: {flag}")
+    assert needle in r.stderr
+
+
+def test_an_unreachable_host_is_one_line(tiny_target):
+    endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = run("generate", "-m", tiny_target, "-t", THREADS, "--rpc", endpoint, "hi")
+    assert assert_one_line_error(proc, 1, f"RPC host {endpoint} is unreachable", "refused") == ""
+
+
+def test_another_protocol_version_is_one_line(tiny_target):
+    with FakeRpcServer(major=rpc.PROTOCOL_MAJOR - 1, minor=2) as fake:
+        proc = run("generate", "-m", tiny_target, "-t", THREADS, "--rpc", fake.endpoint, "hi")
+    expected = f"RPC host {fake.endpoint} runs RPC protocol {rpc.PROTOCOL_MAJOR - 1}.2.0"
+    assert assert_one_line_error(proc, 1, expected, "same llama.cpp revision") == ""
+
+
+def test_a_host_that_never_answers_the_handshake_is_one_line():
+    with FakeRpcServer(major=rpc.PROTOCOL_MAJOR, answer=False) as silent:
+        with pytest.raises(EdgeTreeError, match="did not answer the RPC handshake within 0.2 s"):
+            rpc.check_host(silent.endpoint, timeout=0.2)
+
+
+def test_a_build_without_the_rpc_backend_names_the_install_step(monkeypatch):
+    monkeypatch.setattr(llama, "supports_rpc", lambda: False)
+    with pytest.raises(EdgeTreeError, match='CMAKE_ARGS="-DGGML_RPC=ON" pip install'):
+        llama.connect_rpc(["127.0.0.1:50052"])
+
+
+# -- a host that dies mid-generation -----------------------------------------------------------------
+
+def started_streaming(proc: subprocess.Popen, timeout: float = 60) -> bytes:
+    """The first bytes of generated text (the generation is running), within timeout."""
+    first = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.read(1)), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert first and first[0], "the generation never started"
+    return first[0]
+
+
+def test_a_host_killed_mid_generation_is_one_line_and_nothing_half_written(tiny_target, tmp_path,
+                                                                          hosts, doomed):
+    trace, stats = tmp_path / "trace", tmp_path / "stats.json"
+    args = ["generate", "-m", tiny_target, "-t", THREADS, "-c", SLOW + 192, "-n", SLOW, "--mode", "ar",
+            "--rpc", f"{hosts[0]},{doomed.endpoint}", "--trace-dir", trace, "--stats-json", stats, PROMPT]
+    proc = subprocess.Popen(
+        [edge_tree_exe(), *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    try:
+        started_streaming(proc)
+        doomed.kill()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    err = err.decode()
+    assert proc.returncode == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"edge-tree: error: RPC host {doomed.endpoint} stopped answering (llama.cpp: "), err
+    # every step written is whole; the summary, report.html and --stats-json never are
+    records = [json.loads(line) for line in (trace / "trace.jsonl").read_text().splitlines()]
+    assert records and not (trace / "report.html").exists() and not stats.exists()
+    assert all(r.get("type") != "summary" for r in records)
+
+
+def test_a_host_killed_while_serving_fails_that_request_and_the_server_goes_on(
+        tiny_target, tmp_path_factory, hosts, doomed):
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", THREADS, "-c", SLOW + 192,
+                           "--rpc", f"{hosts[0]},{doomed.endpoint}", env=server_env(tmp_path_factory))
+    answers: dict[str, httpx.Response] = {}
+
+    def ask():
+        answers["running"] = post(server, "/completions", {"prompt": PROMPT, "max_tokens": SLOW})
+
+    asking = threading.Thread(target=ask, daemon=True)
+    try:
+        asking.start()
+        assert server.wait_health(lambda h: h["running"] == 1)["running"] == 1
+        doomed.kill()
+        asking.join(60)
+        error = assert_error(answers["running"], 502)
+        assert error["code"] == "rpc_host_failed" and doomed.endpoint in error["message"]
+        health = httpx.get(server.url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        later = assert_error(post(server, "/completions", {"prompt": PROMPT, "max_tokens": 4}), 503)
+        assert later["code"] == "target_unavailable" and doomed.endpoint in later["message"]
+        assert server.terminate(timeout=30) == 0, server.stderr
+    finally:
+        server.stop()
+    assert "Traceback" not in server.stderr
+    assert f"edge-tree: error: RPC host {doomed.endpoint} stopped answering" in server.stderr
+
+
+# -- the test tooling ---------------------------------------------------------------------------------
+
+def test_the_delay_proxy_delays_each_way_and_keeps_the_bytes(hosts):
+    """A HELLO through the proxy gets the real server's answer, one round trip later."""
+    host, port = hosts[1].split(":")
+    with DelayProxy((host, int(port)), delay_s=0.05) as proxy:
+        started = time.monotonic()
+        rpc.check_host(proxy.endpoint)
+        assert time.monotonic() - started >= 2 * 0.05
