@@ -16,7 +16,7 @@ echo "[gpu-check] llama-cpp-python $version with CUDA (arch $arch)" >&2
 CMAKE_ARGS="$cuda" .venv/bin/pip install --quiet --force-reinstall --no-deps --no-cache-dir \
     "llama-cpp-python==$version"
 echo "[gpu-check] llama.cpp's tools with CUDA into $tools" >&2
-LLAMA_CPP_CMAKE_ARGS="$cuda" PATH="$PWD/.venv/bin:$PATH" scripts/build_llama_cpp.sh "$tools" >/dev/null
+CMAKE_ARGS="$cuda" PATH="$PWD/.venv/bin:$PATH" scripts/build_llama_cpp.sh "$tools" >/dev/null
 
 mkdir -p gpu-check
 for pair in A B C; do
