@@ -198,3 +198,16 @@ def test_the_engine_tells_the_policy_what_a_round_cost(tiny_target, tiny_draft_o
         engine.models.policy.observe = lambda outcome: (seen.append(outcome), observe(outcome))
         engine.generate("hello world", max_tokens=8, mode="tree")
     assert seen and all(o.round_s >= sum(o.decode) > 0 for o in seen)
+
+
+def test_greedy_generations_build_on_what_earlier_ones_learned_sampled_ones_start_afresh():
+    policy = AdaptivePolicy(replace(CPU))
+    policy.reset(learn_costs=True)
+    for _ in range(50):
+        policy.observe(outcome(*chain_round(1)))
+    policy.reset(learn_costs=True)  # the next greedy generation
+    assert policy.acceptance.pi()[1] > 0.8
+    policy.reset(learn_costs=False)  # a sampled one: its text depends on its seed alone
+    assert policy.acceptance.pi()[1] < 0.5 and policy.acceptance.trials.sum() == 0
+    policy.reset(learn_costs=True)  # and greedy ones find what they had learned
+    assert policy.acceptance.pi()[1] > 0.8

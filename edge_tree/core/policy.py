@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -14,6 +14,7 @@ from .plan import PLAIN, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
+SEARCH_DEPTH = 24  # the deepest tree the shape search considers
 # The most drafted nodes a plan uses: every leaf is a sequence of the target's cache
 # (llama.cpp's LLAMA_MAX_SEQ is 256), and the engine keeps room beside them for a guess branch.
 MAX_PLANNED_NODES = 254
@@ -197,7 +198,7 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
     """Search branch x expand; every depth of a tree is a prefix of the deeper one, so each pair
     is grown once and cut at every depth. min_expand_prob is the reach of the least likely node
     the best tree grows: the drafter grows nodes at least that likely, however deep."""
-    max_depth = min(caps.max_depth or 16, 16)
+    max_depth = min(caps.max_depth or SEARCH_DEPTH, SEARCH_DEPTH)
     per_level_cap = caps.max_nodes_per_level or 64
     total_cap = min(caps.max_total_nodes or MAX_PLANNED_NODES, MAX_PLANNED_NODES)
     best, best_rate = chain_shape(Caps(max_depth=1)), 0.0
@@ -268,8 +269,17 @@ def guess_budget(accept: float, rate: float, cost: CostModel, longest: int = GUE
     return min(longest, int(np.log(floor) / np.log(accept)))
 
 
-DYNAMIC_DEPTH = 16  # the deepest a branch may grow while it stays worth it
-EXPAND_SLACK = 0.3
+DYNAMIC_DEPTH = 24  # the deepest a branch may grow while it stays worth it
+EXPAND_SLACK = 0.6
+
+
+@dataclass
+class Learned:
+    """Acceptance learned online: by sibling rank, by draft probability, of guesses."""
+
+    acceptance: RankAcceptance = field(default_factory=RankAcceptance)
+    calibration: ProbCalibration = field(default_factory=ProbCalibration)
+    guesses: GuessAcceptance = field(default_factory=GuessAcceptance)
 
 
 class AdaptivePolicy:
@@ -286,20 +296,30 @@ class AdaptivePolicy:
     def __init__(self, cost: CostModel):
         self.cost = cost
         self._searched: dict[tuple, TreeShape] = {}
+        self._learned = Learned()  # what greedy generations taught about this draft
         self.reset()
 
     def reset(self, learn_costs: bool = True) -> None:
-        """Forget what was learned about acceptance: each generation starts alike, so a seed
-        replays its text. Costs are the machine's and stay; learn_costs=False freezes them for a
-        generation whose text must not depend on timing (sampling: the tree's shape decides
-        which random draws are made)."""
-        self.acceptance = RankAcceptance()
-        self.calibration = ProbCalibration()
-        self.guesses = GuessAcceptance()
+        """A new generation. Greedy text does not depend on the plan, so a greedy generation goes
+        on from what earlier ones learned about the draft and the machine. learn_costs=False is
+        for a generation whose text must depend on its seed alone (sampling: the tree's shape
+        decides which random draws are made): it starts from the prior, with costs frozen."""
+        self.learned = self._learned if learn_costs else Learned()
         self.learn_costs = learn_costs
         self._plans: dict[Caps, tuple[int, TreeShape, TreeShape | None]] = {}  # by round planned
-        self._model_rounds = 0
         self._rounds = 0
+
+    @property
+    def acceptance(self) -> RankAcceptance:
+        return self.learned.acceptance
+
+    @property
+    def calibration(self) -> ProbCalibration:
+        return self.learned.calibration
+
+    @property
+    def guesses(self) -> GuessAcceptance:
+        return self.learned.guesses
 
     def plan(self, mode: str, caps: Caps) -> TreeShape:
         fixed = fixed_plan(mode, caps)
@@ -355,6 +375,5 @@ class AdaptivePolicy:
             self.cost.learn(outcome)
         self.guesses.observe(outcome.tree, outcome.verdict)
         if outcome.draft_calls:  # the statistics below are about how the draft model ranks
-            self._model_rounds += 1
             self.acceptance.observe(outcome.tree, outcome.verdict)
             self.calibration.observe(outcome.tree, outcome.verdict)
