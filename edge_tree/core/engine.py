@@ -218,15 +218,23 @@ class _Run:
                        guess_nodes=min(wanted, node_cap - nodes) if depth_cap else 0)
 
     def _emit(self, new_tokens: list[int]) -> str:
-        """Stream the round's tokens; returns a stop reason if one fires inside them."""
+        """Stream the round's tokens, in one piece: a listener wakes once a round, not once a
+        token (on 2 cores, a server thread woken per token stalls llama.cpp's threads). Returns
+        a stop reason if one fires inside them."""
+        released: list[str] = []
+        stop = self._take(new_tokens, released)
+        if released and self.on_text:
+            self.on_text("".join(released))
+        return stop
+
+    def _take(self, new_tokens: list[int], released: list[str]) -> str:
         model = self.models.target_model
         for token in new_tokens:
             if model.is_eog(token):
                 return "eos"
             self.generated.append(token)
             text, stopped = self.text.push(model.token_bytes(token))
-            if text and self.on_text:
-                self.on_text(text)
+            released.append(text)
             if stopped:
                 return "stop"
             if len(self.generated) >= self.options.max_tokens:
