@@ -48,10 +48,10 @@ def serve(host, port, trace_dir, queue_size, **options):
         if trace_dir:
             check_trace_dir(trace_dir)
         listener = _listen(host, port)  # before the models load: a taken port fails at once
-        with listener, Engine(options=load_options, progress=True) as engine:
+        with listener:
             from .runner import run
 
-            run(engine, listener, queue_size, trace_dir)
+            run(lambda: Engine(options=load_options, progress=True), listener, queue_size, trace_dir)
 
 
 def _listen(host: str, port: int) -> socket.socket:

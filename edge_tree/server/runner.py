@@ -7,6 +7,7 @@ import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import uvicorn
 
@@ -22,16 +23,17 @@ def model_id(engine: Engine) -> str:
     return Path(engine.target_path).stem
 
 
-def run(engine: Engine, listener: socket.socket, queue_size: int, trace_dir: str | None) -> None:
-    """Serve until a signal; then the running generation ends after its round, the waiting
-    requests get 503, and this returns."""
-    worker = Worker(engine, queue_size, trace_dir)
+def run(load: Callable[[], Engine], listener: socket.socket, queue_size: int, trace_dir: str | None) -> None:
+    """Load the engine on its worker's thread, then serve until a signal; then the running
+    generation ends after its round, the waiting requests get 503, and this returns."""
+    worker = Worker(load, queue_size, trace_dir)
+    worker.start()
+    engine = worker.engine
     config = uvicorn.Config(create_app(worker, model_id(engine)), log_level="warning", lifespan="off")
     server = GracefulServer(config, worker)
     host, port = listener.getsockname()[:2]
     print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "
           f"(queue {queue_size}; Ctrl-C to stop)", file=sys.stderr, flush=True)
-    worker.start()
     rpc.on_host_failure(lambda error: _target_lost(worker, error))
     try:
         with _signals_end_quietly():

@@ -17,6 +17,7 @@ import collections
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
@@ -62,8 +63,16 @@ class Counters:
 
 
 class Worker:
-    def __init__(self, engine: Engine, queue_size: int, trace_dir: str | None = None):
-        self.engine = engine
+    """The engine's own thread. It loads the engine too: llama.cpp's CPU backend keeps an OpenMP
+    thread team per calling thread, and a second team (the main thread's, from loading and the
+    cost calibration) spinning beside the worker's slowed every generation by a third on 2 cores.
+    All of llama.cpp's work therefore happens on this one thread."""
+
+    def __init__(self, load: Callable[[], Engine], queue_size: int, trace_dir: str | None = None):
+        self._load = load
+        self.engine: Engine | None = None
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
         self.queue_size = queue_size
         self.trace_dir = trace_dir
         self.counters = Counters()
@@ -72,10 +81,28 @@ class Worker:
         self._waiting: collections.deque[Job] = collections.deque()
         self._closing = False
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="edge-tree-engine", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="edge-tree-engine", daemon=True)
 
     def start(self) -> None:
+        """Start the thread and wait until it has loaded the engine; its load error is raised here."""
         self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
+
+    def _main(self) -> None:
+        try:
+            self.engine = self._load()
+        except BaseException as e:  # told to start(), which raises it on the caller's thread
+            self._load_error = e
+            return
+        finally:
+            self._loaded.set()
+        try:
+            self._loop()
+        finally:
+            if not self.lost:  # a lost target's models wait on their host forever: never freed
+                self.engine.close()
 
     @property
     def waiting(self) -> int:
