@@ -126,9 +126,8 @@ def fixed_tree_engine(tiny_target, tiny_draft_other):
     ("ar_engine", "ar"),
     ("tree_engine", "chain"),
     ("fixed_tree_engine", "tree"),
-    # Bug (edge_tree/policy.py AdaptivePolicy, the default): the policy keeps what it learned
-    # from earlier generate() calls (acceptance by rank, plans, round count), so the same seed
-    # grows other trees, draws other random numbers and gives another text on the same engine.
+    # the adaptive policy (the default) learns from every generation; a sampled one must still
+    # grow the same trees, hence draw the same random numbers, for the same seed (core/policy.py)
     ("tree_engine", "tree"),
 ])
 def test_same_seed_same_text_and_other_seeds_differ(request, engine_name, mode):

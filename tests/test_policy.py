@@ -162,6 +162,18 @@ def test_costs_stay_frozen_when_text_must_not_depend_on_timing():
     assert policy.cost.draft_scale == 1.0 and policy.cost.host_per_round == 0.0
 
 
+def test_sampling_plans_with_the_calibrated_costs_whatever_greedy_runs_learned():
+    """A sampled generation's text must depend on its seed alone, so it cannot plan with costs
+    that earlier greedy generations moved; the next greedy one goes on from what they learned."""
+    policy = AdaptivePolicy(replace(CPU))
+    for _ in range(60):  # greedy rounds: the draft costs six times its calibration
+        policy.observe(outcome(*chain_round(0), CPU, draft_factor=6.0))
+    policy.reset(learn_costs=False)
+    assert policy.cost.draft_scale == 1.0 and policy.plan("tree", Caps()).use_model
+    policy.reset()
+    assert policy.cost.draft_scale > 4 and not policy.plan("tree", Caps()).use_model
+
+
 def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():
     # a draft as costly as the target, with less host work per call than measured: a tree is
     # predicted just short of plain decoding

@@ -294,7 +294,8 @@ class AdaptivePolicy:
     EXPLORE_WITHIN = 0.8  # ... nearly: at least this fraction of plain decoding's expected rate
 
     def __init__(self, cost: CostModel):
-        self.cost = cost
+        self._calibrated = cost  # as measured, never corrected
+        self._corrected = replace(cost)  # what greedy generations' rounds taught about the costs
         self._searched: dict[tuple, TreeShape] = {}
         self._learned = Learned()  # what greedy generations taught about this draft
         self.reset()
@@ -303,7 +304,9 @@ class AdaptivePolicy:
         """A new generation. Greedy text does not depend on the plan, so a greedy generation goes
         on from what earlier ones learned about the draft and the machine. learn_costs=False is
         for a generation whose text must depend on its seed alone (sampling: the tree's shape
-        decides which random draws are made): it starts from the prior, with costs frozen."""
+        decides which random draws are made): it starts from the prior acceptance and plans with
+        the costs as calibrated, unchanged by its rounds."""
+        self.cost = self._corrected if learn_costs else self._calibrated
         self.learned = self._learned if learn_costs else Learned()
         self.learn_costs = learn_costs
         self._plans: dict[Caps, tuple[int, TreeShape, TreeShape | None]] = {}  # by round planned
