@@ -87,6 +87,11 @@ class Call:
     def object(self) -> str:
         return "chat.completion" if self.chat else "text_completion"
 
+    @property
+    def chunk_object(self) -> str:
+        """A streamed chunk's: OpenAI names chat's apart, completions' alike."""
+        return self.object + ".chunk" if self.chat else self.object
+
 
 def parse(raw: bytes, chat: bool, model_id: str, n_ctx: int) -> Call:
     """A request body -> Call, or ApiError (400, 404) saying which field is wrong."""
@@ -191,9 +196,13 @@ def speculation(result: GenerationResult) -> dict:
     return {k: result.stats.get(k) for k in SPECULATION_KEYS}
 
 
+def finish_reason(result: GenerationResult) -> str:
+    return FINISH.get(result.stop_reason, "stop")
+
+
 def reply(call: Call, result: GenerationResult) -> dict:
     """The whole answer of a request that did not stream."""
-    finish = FINISH.get(result.stop_reason, "stop")
+    finish = finish_reason(result)
     if call.chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
                   "logprobs": None, "finish_reason": finish}
@@ -206,13 +215,13 @@ def reply(call: Call, result: GenerationResult) -> dict:
 def chunk(call: Call, text: str | None = None, result: GenerationResult | None = None,
           role: bool = False) -> dict:
     """One streamed chunk: text, the assistant's role (chat's first chunk), or the end (result)."""
-    finish = FINISH.get(result.stop_reason, "stop") if result else None
+    finish = finish_reason(result) if result else None
     if call.chat:
         delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-    out = {**_head(call, call.object + ".chunk" if call.chat else call.object), "choices": [choice]}
+    out = {**_head(call, call.chunk_object), "choices": [choice]}
     if result:
         out["speculation"] = speculation(result)
     return out
@@ -220,7 +229,7 @@ def chunk(call: Call, text: str | None = None, result: GenerationResult | None =
 
 def usage_chunk(call: Call, result: GenerationResult) -> dict:
     """With stream_options.include_usage: a last chunk with no choices and the usage."""
-    return {**_head(call, call.object + ".chunk" if call.chat else call.object), "choices": [],
+    return {**_head(call, call.chunk_object), "choices": [],
             "usage": usage(result)}
 
 

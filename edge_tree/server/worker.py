@@ -5,9 +5,8 @@ talks back to its request (on the server's event loop) through an asyncio queue 
 ("text", piece) as text streams, then ("done", GenerationResult) or ("error", exception), or
 ("closed", None) when the server shut down before the job ran, ("dropped", None) when its
 client had left before it ran, or ("unavailable", TargetLost) when an RPC host of the target
-stopped answering before it ran. A job whose client went away is
-cancelled: the engine stops it at the next round boundary (should_stop), or skips it if it
-had not started.
+stopped answering before it ran. A job whose client went away is cancelled: the engine stops it
+at the next round boundary (should_stop), or skips it if it had not started.
 """
 
 from __future__ import annotations
