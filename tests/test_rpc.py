@@ -96,6 +96,19 @@ def test_the_layers_really_go_to_the_hosts_given(tiny_target, tiny_draft_same, h
     assert not [line for line in log if "RPC" in line], log
 
 
+def test_target_and_draft_on_the_same_host(tiny_target, tiny_draft_same, hosts, private_cache):
+    """The draft loads on a host that already holds the target: llama.cpp keeps that host's one
+    connection, so edge-tree must not ask it for a second handshake (rpc-server serves one client
+    at a time; the check used to wait 5 s and fail)."""
+    kw = dict(max_tokens=8, mode="chain", max_depth=2)
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=256) as engine:
+        local = engine.generate(PROMPT, **kw).tokens
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=256, rpc=hosts[0],
+                rpc_draft=hosts[0]) as engine:
+        assert engine.models.model_state["draft_rpc"] == hosts[:1]
+        assert engine.generate(PROMPT, **kw).tokens == local
+
+
 def test_the_handshake_check_accepts_a_real_rpc_server(hosts):
     """rpc.PROTOCOL_MAJOR is this llama.cpp's: the server built from the same source agrees."""
     for host in hosts:

@@ -151,14 +151,16 @@ def _local_gpus() -> list[int]:
 
 
 def connect_rpc(endpoints: Sequence[str]) -> None:
-    """Check each host from Python (rpc.check_host), then give it to llama.cpp's RPC backend,
-    once per process. EdgeTreeError (one line) wherever llama.cpp would abort."""
+    """Check each new host from Python (rpc.check_host), then give it to llama.cpp's RPC backend,
+    once per process. EdgeTreeError (one line) wherever llama.cpp would abort. A host given
+    before is not checked again: llama.cpp may hold its connection (a model loaded there), and
+    rpc-server serves one client at a time, so a second handshake would wait in vain."""
     _ensure_backend()
     if endpoints and not supports_rpc():
         raise EdgeTreeError(rpc.NO_BACKEND)
     for endpoint in endpoints:
-        rpc.check_host(endpoint)
         if endpoint not in _rpc_devices:
+            rpc.check_host(endpoint)
             _rpc_devices[endpoint] = _add_rpc_server(endpoint)
 
 
