@@ -172,7 +172,7 @@ def models():
 @models.command("prepare")
 @click.option("--force", is_flag=True, help="Rebuild the files even if present.")
 @click.option("--deep", is_flag=True,
-              help="Also build the deep target: the F32 target at 4x its blocks (2.3 GB; same text, ~4x the cost).")
+              help="Also build the deep target: the F32 target at 4x its blocks (2.3 GB; same text, ~2x the cost per call on a CPU).")
 def models_prepare(force, deep):
     """Build the demo pair: F32 target, Q4_K_M draft, Q4_0 draft requantized from the target."""
     from .llamacpp.demo import ensure_deep_target, prepare_demo
@@ -224,8 +224,9 @@ def models_make_draft(target, quant, out, threads):
 @click.option("--factor", type=int, default=4, show_default=True, help="Multiple of the block count.")
 def models_make_deep(target, out, factor):
     """Copy TARGET to FACTOR times its blocks, the added ones with zero output projections:
-    the same greedy text at about FACTOR times the cost per call (a bench target whose cost
-    ratio to a draft is a real pair's)."""
+    the same greedy text at up to FACTOR times the cost per call (less where a large output
+    matrix is read on every call: Gemma 3 270M in F32 costs 2x at 4x): a bench target whose
+    cost ratio to a draft is a real pair's."""
     from .llamacpp.deep import make_deep
 
     with user_errors():

@@ -13,8 +13,9 @@ From it we build, in ``cache_dir()/demo/``:
 and, on request (``ensure_deep_target``, ``edge-tree models prepare --deep``):
 
 - ``gemma-3-270m-f32-deep4.gguf`` the F32 target at 4x its 18 blocks, the added ones contributing
-                               nothing (deep.py): the target's greedy text at ~4x the cost per
-                               call, a draft/target cost ratio like a real pair's (2.3 GB).
+                               nothing (deep.py): the target's greedy text at ~2x the cost per
+                               call on a CPU (the F32 output matrix is a fixed share of each),
+                               a draft/target cost ratio like a real pair's (2.3 GB).
 
 Every file is written under a temporary name in the same folder and renamed when complete, so an
 interrupted run never leaves a half file under the final name; a file that exists is complete, and
