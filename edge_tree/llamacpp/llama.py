@@ -151,10 +151,9 @@ def _local_gpus() -> list[int]:
 
 
 def connect_rpc(endpoints: Sequence[str]) -> None:
-    """Check each new host from Python (rpc.check_host), then give it to llama.cpp's RPC backend,
-    once per process. EdgeTreeError (one line) wherever llama.cpp would abort. A host given
-    before is not checked again: llama.cpp may hold its connection (a model loaded there), and
-    rpc-server serves one client at a time, so a second handshake would wait in vain."""
+    """Check each new host from Python (rpc.check_host), then give it to llama.cpp's RPC backend:
+    EdgeTreeError (one line) wherever llama.cpp would abort. Once per host and process: llama.cpp
+    may hold a known host's one connection (rpc-server serves one client), so no new handshake."""
     _ensure_backend()
     if endpoints and not supports_rpc():
         raise EdgeTreeError(rpc.NO_BACKEND)
