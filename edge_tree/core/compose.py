@@ -7,8 +7,9 @@ room the plan leaves for them (`extra_nodes` asked, `shape.guess_nodes` granted)
 than `shape.guess_depth`.
 
 A round where the plan calls no draft model (the policy found that it does not pay here), or
-where guesses keep landing (a streak), uses the guess alone; the draft's cache catches up in one
-batched call when it is next needed. Under sampling with drawn children the tree must hold draws
+where guesses keep landing (a streak), uses the guess alone (in a streak, as long as the room the
+plan gives the model and the guesses together); the draft's cache catches up in one batched call
+when it is next needed. Under sampling with drawn children the tree must hold draws
 only: no guesses there.
 """
 
@@ -45,8 +46,12 @@ class LookupGraftDrafter:
         strong = match >= self.STRONG_MATCH
         self._model_round = wants_model and not (self._streak and strong)
         if not self._model_round:
-            if strong and shape.guess_nodes:
-                return Proposal(guess_tree(request.tokens, guess[:shape.guess_nodes]))
+            # a streak round drafts nothing with the model, so the guess may take the model's room
+            # too: held to guess_nodes (2-3), streak rounds yielded 3 tokens where model rounds
+            # yielded 8, and a repetitive stretch stayed in them
+            room = shape.capacity if wants_model else shape.guess_nodes
+            if strong and room:
+                return Proposal(guess_tree(request.tokens, guess[:room]))
             return root_only(request.tokens)
         # the draft checks a guess in its first call only where the context match is long:
         # each guessed token costs part of a draft call, paid back only if the draft agrees
