@@ -1,6 +1,8 @@
 """The draft model's tree with prompt-lookup guesses grafted on (core/compose.py), with a stand-in
 for the draft model: which rounds call it, and how much room the guesses get."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from edge_tree.core.compose import LookupGraftDrafter
@@ -72,7 +74,6 @@ def test_a_plain_round_keeps_its_guesses_to_the_guess_budget():
     drafter = LookupGraftDrafter(model)
     tokens = PHRASE + PHRASE[:12]
     drafter.start(tokens)
-    tree = drafter.propose(request(tokens, TreeShape(**{**PLAIN.__dict__, "guess_nodes": 3,
-                                                        "guess_depth": 24}))).tree
+    tree = drafter.propose(request(tokens, replace(PLAIN, guess_nodes=3, guess_depth=24))).tree
     assert model.proposed == 0
     assert [int(tree.token[i]) for i in range(1, tree.n)] == PHRASE[12:15]
