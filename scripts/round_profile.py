@@ -1,0 +1,73 @@
+"""Where a round goes: per-round means of one mode over the bench's prompts, and how often the
+target takes the draft's top choice where its walk reaches it (the figure that bounds a chain).
+
+    python scripts/round_profile.py --pair C [--mode tree] [-t 2] [-n 64] [--prompts 10]
+
+Greedy, the models loaded once, the prompts one after the other (as `edge-tree bench` runs them,
+without the other modes in between). Prints tok/s; per round: drafted nodes, draft calls and
+accepted tokens; milliseconds per round inside the target's llama_decode, the draft's, and on
+the host; the share of the draft's top choices and of the context's guesses that the target took.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import edge_tree
+from edge_tree.bench.pairs import resolve_pair
+from edge_tree.bench.prompts import default_prompts
+
+SUMMED = ("tokens", "rounds", "drafted", "accepted", "draft_calls", "target_decode_s", "draft_decode_s",
+          "host_s")
+
+
+def taken_by_source(step, taken: dict[str, list[int]]) -> None:
+    """For each node the target's walk reached: did it take the draft's top child (rank 0), and
+    a guessed child where there was one. taken[source] = [tried, taken]."""
+    nodes, kids = step.nodes, step.children()
+    path = [0] + list(step.accepted)
+    for depth, node in enumerate(path):
+        took = path[depth + 1] if depth + 1 < len(path) else None
+        for source in ("draft", "ngram"):
+            tried = [c for c in kids[node] if nodes.source[c] == source
+                     and (source == "ngram" or nodes.rank[c] == 0)]
+            if tried:
+                taken[source][0] += 1
+                taken[source][1] += took in tried
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pair", default="C", help="demo pair (edge-tree bench --pair), default C")
+    ap.add_argument("--mode", default="tree")
+    ap.add_argument("-t", "--threads", type=int, default=2)
+    ap.add_argument("-n", "--max-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=10, help="how many of the bench's prompts")
+    args = ap.parse_args()
+
+    target, draft = resolve_pair(args.pair, progress=True)
+    totals = dict.fromkeys(SUMMED, 0.0)
+    decode_s = 0.0
+    taken = {"draft": [0, 0], "ngram": [0, 0]}
+    with edge_tree.load(target, draft, threads=args.threads) as engine:
+        for prompt in default_prompts()[:args.prompts]:
+            result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=args.mode,
+                                     on_step=lambda step: taken_by_source(step, taken))
+            for key in SUMMED:
+                totals[key] += result.stats[key]
+            decode_s += result.stats["wall_s"] - result.stats["prompt_s"]
+    rounds = max(totals["rounds"], 1)
+    print(f"pair {args.pair}, {args.mode}: {totals['tokens'] / decode_s:.2f} tok/s over "
+          f"{int(totals['tokens'])} tokens in {int(rounds)} rounds")
+    print(f"per round: {totals['drafted'] / rounds:.1f} drafted nodes, {totals['draft_calls'] / rounds:.1f} "
+          f"draft calls, {totals['accepted'] / rounds:.2f} accepted tokens")
+    print(f"ms per round: target {1000 * totals['target_decode_s'] / rounds:.0f}, draft "
+          f"{1000 * totals['draft_decode_s'] / rounds:.0f}, host {1000 * totals['host_s'] / rounds:.1f}")
+    for source, label in (("draft", "the draft's top choice"), ("ngram", "a guess from the context")):
+        tried, took = taken[source]
+        if tried:
+            print(f"the target took {label} {took / tried:.1%} of the {tried} times its walk reached one")
+
+
+if __name__ == "__main__":
+    main()
