@@ -1,7 +1,7 @@
 """Where a round goes: per-round means of one mode over the bench's prompts, and how often the
 target takes the draft's top choice where its walk reaches it (the figure that bounds a chain).
 
-    python scripts/round_profile.py --pair C [--mode tree] [-t 2] [-n 64] [--prompts 10]
+    python scripts/round_profile.py --pair C [--mode tree] [-t 2] [-n 64] [--prompts 10] [--draft-vocab full]
 
 Greedy, the models loaded once, the prompts one after the other (as `edge-tree bench` runs them,
 without the other modes in between). Prints tok/s; per round: drafted nodes, draft calls and
@@ -43,13 +43,14 @@ def main() -> None:
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-n", "--max-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=10, help="how many of the bench's prompts")
+    ap.add_argument("--draft-vocab", default="auto", help="as edge-tree bench's")
     args = ap.parse_args()
 
     target, draft = resolve_pair(args.pair, progress=True)
     totals = dict.fromkeys(SUMMED, 0.0)
     decode_s = 0.0
     taken = {"draft": [0, 0], "ngram": [0, 0]}
-    with edge_tree.load(target, draft, threads=args.threads) as engine:
+    with edge_tree.load(target, draft, threads=args.threads, draft_vocab=args.draft_vocab) as engine:
         for prompt in default_prompts()[:args.prompts]:
             result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=args.mode,
                                      on_step=lambda step: taken_by_source(step, taken))

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-START_TIMEOUT_S = 120  # the models load first; the demo pair takes a few seconds
+START_TIMEOUT_S = 300  # the models load first; a fresh cache derives the reduced draft (30 s alone)
 URL_LINE = re.compile(r"serving \S+ at (http://\S+)/v1")
 
 

@@ -65,6 +65,24 @@ def test_reduced_logits_are_the_full_drafts_on_its_tokens(reduced_engine, tiny_d
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_the_draft_scores_the_dropped_tokens_its_context_holds(reduced_engine, tiny_draft_other):
+    """Tokens the copy dropped but the context holds get the full draft's logits (their output
+    rows times the copy's hidden state), so a rare word the text repeats can be proposed."""
+    assert reduced_engine.models.reduced.output is not None  # the tiny model's logits reproduce
+    kept = set(reduced_engine.models.reduced.ids.tolist())
+    tokens = reduced_engine.target_model.tokenize("Zebra! the quick brown fox, 1, 2, 3")
+    dropped = {t for t in tokens if t not in kept}
+    drafter = reduced_engine.models.model_drafter
+    drafter.start(tokens)
+    drafter._note_context(tokens)  # what propose() does first
+    (row,) = drafter._sync(tokens, [])  # the draft's logits at the root, over its index space
+    index_ids = drafter._index_ids
+    assert dropped and dropped <= set(index_ids.tolist()) and len(index_ids) == K + len(dropped)
+    expected = full_logits(tiny_draft_other, tokens)[index_ids]
+    np.testing.assert_allclose(row, expected, atol=1e-3)
+    drafter.start([])
+
+
 def test_the_reduced_copy_is_made_once_and_reused(reduced_engine, tiny_target, tiny_draft_other):
     path = reduced_engine.draft_model.path
     mtime = path.stat().st_mtime_ns

@@ -8,14 +8,17 @@ A request's lookahead (guessed tokens) rides along with the round's first call, 
 batched decode gives the draft's logits all along it, so wherever the draft's own choices follow
 the guess, those levels cost no further draft call.
 
-A reduced-vocab draft (llamacpp.draft_vocab) scores only the target ids in `ids`: its logits are
-indexed by position in ids, and q is widened back to the full vocabulary for the verifier.
+A reduced-vocab draft (llamacpp.draft_vocab) scores only the target ids in `ids`, and the dropped
+tokens the context holds (their rows of the full output matrix times the copy's hidden state):
+its logits are indexed by position in ids and then in those, and q is widened back to the full
+vocabulary for the verifier.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..llamacpp.draft_vocab import OutputRows
 from ..llamacpp.llama import Context
 from .drafting import DraftRequest, Proposal
 from .plan import TreeShape, prob_bin
@@ -43,12 +46,20 @@ class DraftModelDrafter:
     GUESS_SEQ = 1
     extra_nodes = 0
 
+    MAX_CONTEXT_TOKENS = 1024  # dropped tokens a generation may bring back: a bound on host work
+    QUIET_RUN = 16  # committed tokens fed in a call of their own, without outputs, from this many
+
     def __init__(self, ctx: Context, children: str, ids: np.ndarray | None = None,
-                 n_vocab: int | None = None):
+                 n_vocab: int | None = None, output: OutputRows | None = None):
         self.ctx = ctx
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
         self.ids = ids
         self.n_vocab = n_vocab or ctx.model.n_vocab
+        self.output = output if ids is not None else None
+        if self.output:
+            self._kept = np.zeros(self.n_vocab, bool)
+            self._kept[ids] = True
+        self._forget_context_tokens()
         self.max_expanded = ctx.n_seq_max - 2  # seq 0 is committed, seq 1 the guess
         self.batch = ctx.new_batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
         self.n_cached = 0  # committed tokens present in seq 0
@@ -59,9 +70,48 @@ class DraftModelDrafter:
         """Forget the last generation; read the prompt up to its last token (the first root)."""
         self.ctx.clear()
         self.n_cached = 0
+        self._forget_context_tokens()
         if len(prompt) > 1:
-            self.ctx.feed(self.batch, prompt[:-1], 0)
-            self.n_cached = len(prompt) - 1
+            self._feed_without_outputs(prompt[:-1])
+        self.ctx.output_hidden(self.output is not None)
+
+    def _feed_without_outputs(self, run: list[int]) -> None:
+        """Committed tokens into seq 0, no logits or hidden states (while those are on, llama.cpp
+        makes every token an output)."""
+        self.ctx.output_hidden(False)
+        self.ctx.feed(self.batch, run, self.n_cached)
+        self.ctx.output_hidden(self.output is not None)
+        self.n_cached += len(run)
+
+    def _forget_context_tokens(self) -> None:
+        self._index_ids = self.ids  # position in the draft's logits -> target id
+        self._context_ids: dict[int, None] = {}  # dropped tokens seen in the context, in order
+        self._context_rows = None
+        self._noted = 0  # context tokens looked at
+
+    def _note_context(self, tokens: list[int]) -> None:
+        """Dropped tokens that appeared in the context become proposable: text repeats its rare
+        words, and a reduced vocabulary drops exactly those."""
+        if self.output is None:
+            return
+        room = self.MAX_CONTEXT_TOKENS - len(self._context_ids)
+        new = [t for t in dict.fromkeys(tokens[self._noted:])
+               if not self._kept[t] and t not in self._context_ids][:max(room, 0)]
+        self._noted = len(tokens)
+        if not new:
+            return
+        rows = self.output.rows(np.array(new))
+        self._context_rows = rows if self._context_rows is None else np.concatenate([self._context_rows, rows])
+        self._context_ids.update(dict.fromkeys(new))
+        self._index_ids = np.concatenate([self.ids, np.fromiter(self._context_ids, np.int64)])
+
+    def _logits(self, i: int) -> np.ndarray:
+        """The draft's logits at the batch's i-th token, over its vocabulary and the context's
+        dropped tokens."""
+        row = self.ctx.logits(i)
+        if self._context_rows is None:
+            return row
+        return np.concatenate([row, self.output.logits(self._context_rows, self.ctx.hidden(i))])
 
     def close(self) -> None:
         self.batch.close()
@@ -71,6 +121,7 @@ class DraftModelDrafter:
         sampled = self.children == "sampled" and not params.greedy
         tree = TokenTree(shape.capacity, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
+        self._note_context(tokens)
         self._node_seq = {0: 0}
         self._next_seq = self.GUESS_SEQ + 1
         self._reach = {0: 0.0}
@@ -105,11 +156,13 @@ class DraftModelDrafter:
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
         """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.
         Returns the logits at the root and after each guessed token."""
+        if len(tokens) - self.n_cached > self.QUIET_RUN:  # a long run (after rounds without the
+            self._feed_without_outputs(tokens[self.n_cached:-1])  # model): no outputs but the root
         new = tokens[self.n_cached:]
         if not guess or len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
             last = self.ctx.feed(self.batch, new, self.n_cached)
             self.n_cached = len(tokens)
-            return [self.ctx.logits(last)]
+            return [self._logits(last)]
         self.ctx.seq_cp(0, self.GUESS_SEQ)  # the guess sees the whole prefix
         self.batch.clear()
         for k, token in enumerate(new):
@@ -119,7 +172,7 @@ class DraftModelDrafter:
         self.ctx.decode(self.batch)
         self.n_cached = len(tokens)
         # copies: later draft calls overwrite the logits buffer, and these may serve any level
-        return [np.array(self.ctx.logits(len(new) - 1 + k)) for k in range(len(guess) + 1)]
+        return [np.array(self._logits(len(new) - 1 + k)) for k in range(len(guess) + 1)]
 
     def _follow_guess(self, tree, level, guess, on_guess, n_rows) -> None:
         """Mark the level's nodes that continue the guess: the draft has already decoded them."""
@@ -185,14 +238,14 @@ class DraftModelDrafter:
         return level
 
     def _target_ids(self, indices: np.ndarray) -> np.ndarray:
-        return indices if self.ids is None else self.ids[indices]
+        return indices if self.ids is None else self._index_ids[indices]
 
     def _widen(self, q: np.ndarray) -> np.ndarray:
         """q over the full vocabulary (zero outside a reduced draft's tokens)."""
         if self.ids is None:
             return q
         full = np.zeros(self.n_vocab, q.dtype)
-        full[self.ids] = q
+        full[self._index_ids] = q
         return full
 
     def _nodes_to_expand(self, level, shape) -> list[int]:
@@ -212,7 +265,7 @@ class DraftModelDrafter:
             self._node_seq[node] = seq
             self.batch.add(int(tree.token[node]), pos, (seq,), True)
         self.ctx.decode(self.batch)
-        return {node: self.ctx.logits(i) for i, node in enumerate(nodes)}
+        return {node: self._logits(i) for i, node in enumerate(nodes)}
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
         """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest."""

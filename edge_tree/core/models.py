@@ -58,7 +58,8 @@ class LoadedModels:
             self.draft_ctx = self._keep(llama.Context(self.draft_model, n_ctx, n_seq, threads=threads,
                                                       embed=reduced and reduced.embed))
             self.model_drafter = self._keep(DraftModelDrafter(
-                self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab))
+                self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab,
+                reduced and reduced.output))
         self.lookup_drafter = LookupDrafter()
         self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
         self.policy = self._make_policy(options.policy)

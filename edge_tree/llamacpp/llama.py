@@ -201,7 +201,17 @@ def version() -> str:
     return C.__version__
 
 
-class Model:
+class _Closes:
+    """A with block closes the object."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Model(_Closes):
     """A loaded GGUF model and its vocabulary."""
 
     def __init__(self, path: str | os.PathLike, n_gpu_layers: int = 0, rpc_hosts: Sequence[str] = ()):
@@ -306,19 +316,10 @@ class Model:
             C.llama_model_free(self._ptr)
         self._ptr = None
 
-    def __enter__(self) -> "Model":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Batch:
-    """A reusable llama_batch: each token has a position, a list of seq ids and a logits flag.
-
-    With n_embd > 0 the batch carries input embeddings instead of token ids: add() still takes
-    a token id, and the context fills in its embedding row when it decodes (see Context).
-    """
+class Batch(_Closes):
+    """A reusable llama_batch: each token has a position, a list of seq ids and a logits flag. With
+    n_embd > 0 it carries input embeddings: add() takes a token id, the context embeds it."""
 
     def __init__(self, capacity: int, n_seq_max: int, n_embd: int = 0):
         self.capacity = capacity
@@ -358,14 +359,8 @@ class Batch:
             C.llama_batch_free(self._raw)
             self._raw = None
 
-    def __enter__(self) -> "Batch":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Context:
+class Context(_Closes):
     """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches).
 
     embed: for a model whose vocabulary is a subset of the token ids it is fed (a reduced-vocab
@@ -450,6 +445,17 @@ class Context:
             raise EdgeTreeError(f"internal: no logits for batch index {i}")
         return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
 
+    def output_hidden(self, on: bool) -> None:
+        """Also return outputs' final hidden states (embeddings): while on, every token outputs."""
+        C.llama_set_embeddings(self._ptr, on)
+
+    def hidden(self, i: int) -> np.ndarray:
+        """Zero-copy view of the batch's i-th token's final hidden state; valid until the next decode."""
+        ptr = C.llama_get_embeddings_ith(self._ptr, i)
+        if not ptr:
+            raise EdgeTreeError(f"internal: no hidden state for batch index {i}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,))
+
     # -- KV cache -------------------------------------------------------------------------
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
         if not C.llama_memory_seq_rm(self._mem, seq_id, p0, p1):
@@ -474,12 +480,6 @@ class Context:
         if self._ptr and not self.model.lost:
             C.llama_free(self._ptr)
         self._ptr = None
-
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # llama_ftype values for the quantization types edge-tree offers (llama.h, enum llama_ftype).
