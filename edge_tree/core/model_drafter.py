@@ -241,7 +241,7 @@ class DraftModelDrafter:
         return indices if self.ids is None else self._index_ids[indices]
 
     def _widen(self, q: np.ndarray) -> np.ndarray:
-        """q over the full vocabulary (zero outside a reduced draft's tokens)."""
+        """q over the full vocabulary (zero outside the tokens a reduced draft scores)."""
         if self.ids is None:
             return q
         full = np.zeros(self.n_vocab, q.dtype)
