@@ -163,8 +163,8 @@ def _write_reduced(src: Path, dst: Path, ids: np.ndarray, coverage: float) -> No
 
 
 class InputTable:
-    """Input embeddings of every token (or another per-token matrix: `tensor`), read row by row
-    from the original draft file."""
+    """Input embeddings of every token (or the rows of another per-token matrix: tensor_name),
+    read row by row from the original draft file."""
 
     def __init__(self, path: Path, scale: float = 1.0, tensor_name: str = "token_embd.weight"):
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
