@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -248,6 +249,19 @@ def test_a_host_killed_while_serving_fails_that_request_and_the_server_goes_on(
         server.stop()
     assert "Traceback" not in server.stderr
     assert f"edge-tree: error: RPC host {doomed.endpoint} stopped answering" in server.stderr
+
+
+def test_the_failed_host_is_named_once_its_listener_closes():
+    """A killed rpc-server's connection may close before its listening socket does: the host that
+    failed is asked again until one refuses (a test once named both hosts)."""
+    live, dying = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    endpoints = [f"127.0.0.1:{s.getsockname()[1]}" for s in (live, dying)]
+    threading.Timer(0.3, dying.close).start()
+    try:
+        assert rpc._dead_hosts(endpoints) == [endpoints[1]]
+        assert rpc._dead_hosts([endpoints[0]], settle_s=0.1) == [endpoints[0]]  # none refuses: all
+    finally:
+        live.close()
 
 
 # -- the test tooling ---------------------------------------------------------------------------------
