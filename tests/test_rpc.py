@@ -72,9 +72,12 @@ def test_greedy_text_over_two_rpc_hosts_equals_the_local_run(tiny_target, tiny_d
                     **placement) as engine:
             result = engine.generate(PROMPT, max_tokens=24, mode=mode, max_depth=3)
             runs.append((result, engine.models.model_state))
+            # the draft works during the target's passes only where they share no device
+            assert engine.models.overlap == bool(placement)
     (local, _), (remote, state) = runs
     assert remote.tokens == local.tokens and remote.text == local.text
     assert (remote.stats["drafted"] > 0) == (mode == "tree")
+    assert (remote.stats["ahead_s"] > 0) == (mode == "tree") and local.stats["ahead_s"] == 0
     # no -ngl: every target layer is on the hosts, the draft stays here
     assert state["target_rpc"] == hosts and state["target_gpu_layers"] == state["target_layers"]
     assert state["draft_rpc"] == [] and state["draft_gpu_layers"] == 0

@@ -71,6 +71,10 @@ class LookupGraftDrafter:
             tree.graft(tail, NGRAM, at=end)
         tree.graft(guess, NGRAM)
 
+    def ahead(self, tree, busy) -> None:
+        if self._model_round:  # else the draft's cache lags behind the context
+            self.model.ahead(tree, busy)
+
     def observe(self, tree, verdict) -> None:
         guessed = sum(1 for i in verdict.accepted if tree.source[i] == NGRAM)
         self._streak = guessed >= self.STREAK

@@ -3,6 +3,7 @@
 As in Hugging Face's CandidateGenerator, the loop knows drafters only through this:
     start(prompt)            a new generation: forget the last one, read the prompt
     propose(request)         grow a TokenTree rooted at the context's last token
+    ahead(tree, busy)        work while the target verifies the tree elsewhere (or nothing)
     observe(tree, verdict)   learn the outcome, trim caches
 and `extra_nodes`, the nodes a drafter may add beyond the policy's plan (guesses found in the
 context), for which the loop leaves room within the user's hard caps.
@@ -11,7 +12,7 @@ context), for which the loop leaves room within the user's hard caps.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class Proposal:
     tree: TokenTree
     draft_probs: dict[int, np.ndarray] | None = None  # q at each expanded node when sampling
     draft_sizes: tuple[int, ...] = ()  # tokens fed to each batched draft-model decode
+    ready_rows: int = 0  # draft-model logits rows decoded during the last target pass, no call now
 
     @property
     def draft_calls(self) -> int:
@@ -57,5 +59,7 @@ class Drafter(Protocol):
     def start(self, prompt: list[int]) -> None: ...
 
     def propose(self, request: DraftRequest) -> Proposal: ...
+
+    def ahead(self, tree: TokenTree, busy: Callable[[], bool]) -> None: ...
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -183,21 +184,32 @@ class _Run:
             proposal = root_only(tokens)
         drafted = time.perf_counter()
         tree = proposal.tree
-        logits_of = models.target.evaluate(tree)
+        before_pass = models.decode_clocks()
+        logits_of = models.target.evaluate(tree, self._meanwhile(tree))
+        ahead_s = models.decode_clocks(since=before_pass)[1]  # the draft's, beside the pass
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,
                          target_probs=self.keep_steps or self.on_step is not None)
         models.target.commit(tree, verdict.last_node)
         verified = time.perf_counter()
         if tree.n > 1:
             self.drafter.observe(tree, verdict)
+        target_s, draft_s = models.decode_clocks(since=clocks)
         outcome = RoundOutcome(tree, verdict, shape, proposal.draft_sizes, draft_s=drafted - started,
                                verify_s=verified - drafted, round_s=time.perf_counter() - started,
-                               decode=models.decode_clocks(since=clocks))
+                               decode=(target_s, draft_s - ahead_s), ready_rows=proposal.ready_rows,
+                               ahead_s=ahead_s)
         self.policy.observe(outcome)
         self.stats.add_round(outcome)
         if self.keep_steps or self.on_step:
             self._record(outcome, len(tokens))
         return outcome
+
+    def _meanwhile(self, tree):
+        """What the drafter does during the target's pass: where the two share no device, decode
+        ahead for the next round (model_drafter.py); elsewhere nothing, the pass on this thread."""
+        if self.models.overlap and tree.n > 1:
+            return partial(self.drafter.ahead, tree)
+        return None
 
     def _shape(self, n_tokens: int) -> TreeShape:
         """The policy's plan, cut to the hard limits: the user's caps, the KV cells left beside

@@ -55,5 +55,8 @@ class LookupDrafter:
         guess, _ = lookup(request.tokens, min(GUESS_LEN, shape.max_depth, shape.max_total_nodes))
         return Proposal(guess_tree(request.tokens, guess)) if guess else root_only(request.tokens)
 
+    def ahead(self, tree, busy) -> None:
+        pass
+
     def observe(self, tree, verdict) -> None:
         pass

@@ -12,9 +12,18 @@ A reduced-vocab draft (llamacpp.draft_vocab) scores only the target ids in `ids`
 tokens the context holds (their rows of the full output matrix times the copy's hidden state):
 its logits are indexed by position in ids and then in those, and q is widened back to the full
 vocabulary for the verifier.
+
+While the target verifies a tree on other machines (ahead()), the draft decodes, in seq AHEAD,
+the walk of the tree's first choices and its own choices past the walk's end. Where the target
+takes that walk and its bonus token is the draft's next choice, observe() makes those cells the
+committed prefix and the guess, and the next round starts from their logits: no first call, and
+no call for the levels where its choices follow them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -42,12 +51,29 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, logits[top].astype(np.float64) - log_norm
 
 
+@dataclass
+class Ahead:
+    """What the draft decoded during a target pass: the tree's first-choice walk (`path`, its
+    nodes), then its own choices past the walk's end, each but the last decoded, with the
+    logits after each (`rows`; `choices[0]` is the bonus token it expects)."""
+
+    path: list[int]
+    seq: int  # the draft's cache sequence that holds them
+    choices: list[int]
+    rows: list[np.ndarray]
+    index_size: int  # the drafter's index space the rows cover (context tokens may grow it)
+
+
 class DraftModelDrafter:
     GUESS_SEQ = 1
     extra_nodes = 0
 
     MAX_CONTEXT_TOKENS = 1024  # dropped tokens a generation may bring back: a bound on host work
     QUIET_RUN = 16  # committed tokens fed in a call of their own, without outputs, from this many
+    AHEAD_MAX = 16  # own choices decoded past a walk's end: about the deepest a round's chain goes
+    # bonus tokens decoded ahead from: a walk's end is where the draft grew unsure, and the
+    # target took its first choice there in 6 of 11 fully accepted rounds (pair B over RPC)
+    AHEAD_BRANCHES = 3
 
     def __init__(self, ctx: Context, children: str, ids: np.ndarray | None = None,
                  n_vocab: int | None = None, output: OutputRows | None = None):
@@ -60,16 +86,22 @@ class DraftModelDrafter:
             self._kept = np.zeros(self.n_vocab, bool)
             self._kept[ids] = True
         self._forget_context_tokens()
-        self.max_expanded = ctx.n_seq_max - 2  # seq 0 is committed, seq 1 the guess
+        self.ahead_seq = ctx.n_seq_max - 1  # and the AHEAD_BRANCHES - 1 below it
+        # seq 0 is committed, seq 1 the guess, the last ones decode ahead
+        self.max_expanded = ctx.n_seq_max - 2 - self.AHEAD_BRANCHES
         self.batch = ctx.new_batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
         self.n_cached = 0  # committed tokens present in seq 0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
+        self._guess_len = 0
+        self._ahead: list[Ahead] = []  # decoded during the target's pass, one per bonus token
+        self._ready: Ahead | None = None  # ... and taken by the target: the next round's start
 
     def start(self, prompt: list[int]) -> None:
         """Forget the last generation; read the prompt up to its last token (the first root)."""
         self.ctx.clear()
         self.n_cached = 0
+        self._ahead, self._ready = [], None
         self._forget_context_tokens()
         if len(prompt) > 1:
             self._feed_without_outputs(prompt[:-1])
@@ -125,9 +157,14 @@ class DraftModelDrafter:
         self._node_seq = {0: 0}
         self._next_seq = self.GUESS_SEQ + 1
         self._reach = {0: 0.0}
-        guess = list(request.lookahead)
-        sizes = [len(tokens) - self.n_cached + len(guess)]  # the first call: new tokens and the guess
-        rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
+        ready = self._take_ready(tokens)
+        if ready:  # decoded during the last target pass: the draft's choices are the guess
+            guess, rows, sizes = ready.choices[1:], ready.rows, []
+        else:
+            guess = list(request.lookahead)
+            sizes = [len(tokens) - self.n_cached + len(guess)]  # the first call: new tokens, the guess
+            rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
+        self._guess_len = len(guess)
         on_guess = {0: 0}  # node -> how many guessed tokens its path follows
         frontier = {0: rows[0]}
         draft_probs: dict[int, np.ndarray] = {}
@@ -151,7 +188,23 @@ class DraftModelDrafter:
             if unknown:
                 frontier |= self._expand(tree, unknown)
                 sizes.append(len(unknown))
-        return Proposal(tree, draft_probs, tuple(sizes))
+        return Proposal(tree, draft_probs, tuple(sizes), ready_rows=len(rows) if ready else 0)
+
+    def _take_ready(self, tokens: list[int]) -> Ahead | None:
+        """The rows decoded ahead, if they are still this context's (the committed prefix and the
+        root are in seq 0, the draft's further choices in the guess seq); else drop their cells
+        (rounds without the model came between, or the context brought the index new tokens)."""
+        ready, self._ready = self._ready, None
+        if ready is None:
+            return None
+        index_size = len(self._index_ids) if self._index_ids is not None else 0
+        if self.n_cached == len(tokens) and ready.index_size == index_size:
+            return ready
+        self.ctx.seq_rm(self.GUESS_SEQ)
+        if self.n_cached == len(tokens):  # the root is in seq 0: decode it again for its logits
+            self.n_cached -= 1
+            self.ctx.seq_rm(0, self.n_cached, -1)
+        return None
 
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
         """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.
@@ -267,8 +320,74 @@ class DraftModelDrafter:
         self.ctx.decode(self.batch)
         return {node: self._logits(i) for i, node in enumerate(nodes)}
 
+    def ahead(self, tree: TokenTree, busy: Callable[[], bool]) -> None:
+        """While the target verifies `tree` elsewhere: decode the tree's first-choice walk, then,
+        from each of the draft's AHEAD_BRANCHES likeliest bonus tokens after it, its own top
+        choices, one batched call a token while busy() holds."""
+        self._ahead = []
+        path = tree.first_choice_path()
+        if not path:
+            return
+        # one core stays with the target's side of the pass: its input embeddings, the copies
+        # between devices, the RPC client's reads and writes (measured: with every thread
+        # here, a pass over two hosts on this machine's cores slowed as much as the draft gained)
+        self.ctx.use_threads(max(1, self.ctx.threads - 1))
+        try:
+            self._decode_ahead(tree, path, busy)
+        finally:
+            self.ctx.use_threads(self.ctx.threads)
+
+    def _decode_ahead(self, tree: TokenTree, path: list[int], busy: Callable[[], bool]) -> None:
+        # nodes the draft decoded form a prefix of the walk; the walk's end is decoded again for
+        # its logits, which propose() never keeps
+        done = min(sum(1 for node in path if node in self._node_seq), len(path) - 1)
+        anchor = path[done - 1] if done else 0
+        start = self._root_pos + done + 1  # the position of path[done]
+        seqs = [self.ahead_seq - k for k in range(self.AHEAD_BRANCHES)]
+        self.ctx.seq_cp(self._node_seq[anchor], seqs[0], -1, start)
+        last = self.ctx.feed(self.batch, [int(tree.token[n]) for n in path[done:]], start, seqs[0])
+        bonuses, _ = top_candidates(self._logits(last), len(seqs))
+        for seq in seqs[1:]:
+            self.ctx.seq_cp(seqs[0], seq)
+        choices = [[int(t)] for t in self._target_ids(bonuses)]
+        rows: list[list[np.ndarray]] = [[] for _ in seqs]
+        root = self._root_pos + len(path) + 1  # where the bonus token will sit
+        # cells: the committed ones, the tree's, the guess's, the walk's and these, all in n_ctx
+        room = (self.ctx.n_ctx - root - tree.n - self._guess_len - len(path) - 2) // len(seqs)
+        step = 0
+        while busy() and step < min(self.AHEAD_MAX, room):
+            self.batch.clear()
+            for seq, chosen in zip(seqs, choices):
+                self.batch.add(chosen[-1], root + step, (seq,), True)
+            self.ctx.decode(self.batch)
+            for k, (row, chosen) in enumerate(zip(rows, choices)):
+                row.append(np.array(self._logits(k)))
+                chosen.append(self._top_choice(row[-1]))
+            step += 1
+        index_size = len(self._index_ids) if self._index_ids is not None else 0
+        self._ahead = [Ahead(path, seq, chosen[:step], row, index_size)
+                       for seq, chosen, row in zip(seqs, choices, rows) if step]
+
+    def _top_choice(self, logits: np.ndarray) -> int:
+        return int(self._target_ids(np.array([np.argmax(logits)]))[0])
+
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
-        """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest."""
+        """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest.
+        Where the target took the walk decoded ahead and the bonus token the draft chose after
+        it, keep that instead: committed up to the new root, the draft's further choices as the
+        next round's guess."""
+        aheads, self._ahead = self._ahead, []
+        taken = next((a for a in aheads if list(verdict.accepted) == a.path
+                      and verdict.bonus_token == a.choices[0]), None)
+        if taken:
+            root = self._root_pos + len(taken.path) + 1
+            self.ctx.seq_keep(taken.seq)
+            self.ctx.seq_cp(taken.seq, 0, -1, root + 1)
+            self.ctx.seq_cp(taken.seq, self.GUESS_SEQ)
+            self.ctx.seq_rm(taken.seq)
+            self.n_cached = root + 1
+            self._ready = taken
+            return
         keep = 0
         for node in verdict.accepted:
             if node in self._node_seq:

@@ -60,9 +60,18 @@ class LoadedModels:
             self.model_drafter = self._keep(DraftModelDrafter(
                 self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab,
                 reduced and reduced.output))
+        self.overlap = self._apart(options)
         self.lookup_drafter = LookupDrafter()
         self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
         self.policy = self._make_policy(options.policy)
+
+    def _apart(self, options: LoadOptions) -> bool:
+        """Whether the draft may work while the target's pass runs: only where they share no
+        device, the target whole on RPC hosts and the draft not on them. On shared cores or one
+        GPU the two would only slow each other."""
+        target = self.target_model
+        return bool(self.model_drafter and options.rpc_hosts and target.offloaded_layers > target.n_layer
+                    and not set(options.rpc_hosts) & set(options.rpc_draft_hosts))
 
     def _load_draft(self, options: LoadOptions, progress: bool) -> None:
         """The draft as given, or the reduced-vocabulary copy derived from it (llamacpp.draft_vocab)

@@ -65,8 +65,15 @@ class RoundOutcome:
     draft_s: float  # proposing: draft-model decodes and the drafter's host work
     verify_s: float  # the target's pass, verification and the cache commit
     round_s: float  # the whole round, bookkeeping included
-    decode: tuple[float, float]  # seconds inside llama_decode: (target, draft)
+    decode: tuple[float, float]  # seconds inside llama_decode: (target, draft), this round's own
+    ready_rows: int = 0  # draft rows this round took from the last target pass, for no call
+    ahead_s: float = 0.0  # draft decodes during this round's target pass, for the next round
 
     @property
     def draft_calls(self) -> int:
         return len(self.draft_sizes)
+
+    @property
+    def model_drafted(self) -> bool:
+        """Whether the draft model proposed this round's tree (with calls, or with rows ready)."""
+        return bool(self.draft_sizes) or self.ready_rows > 0

@@ -377,6 +377,6 @@ class AdaptivePolicy:
         if self.learn_costs:
             self.cost.learn(outcome)
         self.guesses.observe(outcome.tree, outcome.verdict)
-        if outcome.draft_calls:  # the statistics below are about how the draft model ranks
+        if outcome.model_drafted:  # the statistics below are about how the draft model ranks
             self.acceptance.observe(outcome.tree, outcome.verdict)
             self.calibration.observe(outcome.tree, outcome.verdict)

@@ -19,7 +19,9 @@ class RunStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     prompt_s: float = 0.0
-    model_rounds: int = 0  # rounds that called the draft model
+    model_rounds: int = 0  # rounds the draft model drafted
+    ready_rounds: int = 0  # ... starting from rows it decoded during the last target pass
+    ahead_s: float = 0.0  # the draft's decodes during target passes
     by_round: list[tuple[int, int]] = field(default_factory=list)  # (accepted, deepest drafted)
     summary: dict = field(default_factory=dict)
 
@@ -27,7 +29,9 @@ class RunStats:
         tree = outcome.tree
         self.rounds += 1
         self.draft_calls += outcome.draft_calls
-        self.model_rounds += outcome.draft_calls > 0
+        self.model_rounds += outcome.model_drafted
+        self.ready_rounds += outcome.ready_rows > 0
+        self.ahead_s += outcome.ahead_s
         self.drafted += tree.n_drafted
         self.accepted += len(outcome.verdict.accepted)
         self.draft_s += outcome.draft_s
@@ -40,7 +44,7 @@ class RunStats:
         """decode_s: the generation after the prompt; decode_clocks: seconds inside llama_decode
         over it, (target, draft); what is left of decode_s is host work (Python, numpy, ctypes)."""
         target_s, draft_s = decode_clocks
-        host_s = max(decode_s - target_s - draft_s, 0.0)
+        host_s = max(decode_s - target_s - (draft_s - self.ahead_s), 0.0)  # ahead: beside the target
         busy = max(self.draft_s + self.verify_s, 1e-9)
         per_token = 1000 / tokens if tokens else 0.0
         self.summary = {
@@ -58,6 +62,8 @@ class RunStats:
             "target_passes_per_token": round(self.rounds / tokens, 4) if tokens else None,
             "model_rounds": self.model_rounds,
             "draft_calls": self.draft_calls,
+            "ready_rounds": self.ready_rounds,
+            "ahead_s": round(self.ahead_s, 4),
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": round(self.accepted / self.drafted, 4) if self.drafted else None,
@@ -96,6 +102,9 @@ def format_stats(stats: dict) -> str:
                      + (f"; the draft proposes from {stats['draft_vocab']} tokens" if "draft_vocab" in stats else ""))
     lines.append(f"decode time: target {stats['target_decode_s']:.3f} s, draft {stats['draft_decode_s']:.3f} s, "
                  f"host {stats['host_s']:.3f} s ({stats['host_ms_per_token']:.2f} ms per token)")
+    if stats["ahead_s"]:
+        lines.append(f"the draft worked {stats['ahead_s']:.3f} s during the target's passes; "
+                     f"{stats['ready_rounds']} rounds started from what it decoded then")
     lines.append(format_offload(stats))
     return "\n".join(lines)
 

@@ -8,8 +8,33 @@ every other cell leaves the cache, the commit of llama.cpp's examples/speculativ
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 from ..llamacpp.llama import Batch, Context
 from .tree import TokenTree, branch_seq_ids
+
+
+def decode_beside(ctx: Context, batch: Batch, meanwhile: Callable[[Callable[[], bool]], None]) -> None:
+    """ctx.decode(batch) on a thread of its own (ctypes lets go of the GIL inside llama.cpp) while
+    meanwhile(busy) runs on this one; returns once both are done, raising what either raised."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ctx.decode(batch)
+        except BaseException as error:  # handed to the caller's thread
+            raised.append(error)
+
+    # a daemon: a host that fails mid-pass leaves its thread waiting for good (llamacpp/rpc.py)
+    worker = threading.Thread(target=run, name="edge-tree-target-pass", daemon=True)
+    worker.start()
+    try:
+        meanwhile(worker.is_alive)
+    finally:
+        worker.join()  # nothing may touch the target's context while the pass runs
+    if raised:
+        raise raised[0]
 
 
 class TargetRunner:
@@ -32,16 +57,20 @@ class TargetRunner:
             self.ctx.feed(self.batch, tokens[:-1], 0)
         self.n_cached = len(tokens) - 1
 
-    def evaluate(self, tree: TokenTree):
+    def evaluate(self, tree: TokenTree, meanwhile: Callable[[Callable[[], bool]], None] | None = None):
         """One target pass over root + all nodes; returns node index -> logits (valid until the
-        next decode)."""
+        next decode). meanwhile(busy): work for this thread while the pass runs on another,
+        until busy() turns False (the pass ends whether or not it looks)."""
         self._seqs = branch_seq_ids(tree)
         for seq in range(1, len(self._seqs[0])):
             self.ctx.seq_cp(0, seq)
         self.batch.clear()
         for i in range(tree.n):
             self.batch.add(int(tree.token[i]), self.n_cached + int(tree.depth[i]), self._seqs[i], True)
-        self.ctx.decode(self.batch)
+        if meanwhile:
+            decode_beside(self.ctx, self.batch, meanwhile)
+        else:
+            self.ctx.decode(self.batch)
         return self.ctx.logits  # batch index == node index
 
     def commit(self, tree: TokenTree, last_node: int) -> None:

@@ -104,6 +104,16 @@ class TokenTree:
             node = int(self.parent[node])
         return out[::-1]
 
+    def first_choice_path(self) -> list[int]:
+        """Nodes from depth 1 down the first child at every level (the draft's top choice, the
+        guesses grafted below its end): the walk the target takes where it agrees with them all."""
+        kids = self.children()
+        path, node = [], 0
+        while kids[node]:
+            node = kids[node][0]
+            path.append(node)
+        return path
+
     def leaves(self) -> list[int]:
         has_child = np.zeros(self.n, bool)
         has_child[self.parent[1 : self.n]] = True

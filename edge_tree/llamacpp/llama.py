@@ -20,7 +20,6 @@ import numpy as np
 import llama_cpp as C
 
 from ..errors import EdgeTreeError
-
 from . import NUMPY_CAME_FIRST, rpc
 from .facts import cpu_has_amx, is_cuda_build, load_failure, why
 
@@ -283,9 +282,8 @@ class Model(_Closes):
         tokens = (C.llama_token * capacity)()
         n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special)
         if n < 0:  # the buffer was too small: -n is the size needed
-            capacity = -n
-            tokens = (C.llama_token * capacity)()
-            n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, capacity, add_special, parse_special)
+            tokens = (C.llama_token * -n)()
+            n = C.llama_tokenize(self._vocab, raw, len(raw), tokens, len(tokens), add_special, parse_special)
         return list(tokens[:n])
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
@@ -350,8 +348,7 @@ class Batch(_Closes):
         for j, s in enumerate(seq_ids):
             seq_row[j] = s
         raw.logits[i] = 1 if logits else 0
-        self.n_tokens = i + 1
-        raw.n_tokens = self.n_tokens
+        self.n_tokens = raw.n_tokens = i + 1
 
     def close(self) -> None:
         if self._raw is not None:
@@ -400,6 +397,9 @@ class Context(_Closes):
         self._row_type = ctypes.c_float * model.n_vocab  # a row of logits, viewed without a copy
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
+
+    def use_threads(self, threads: int) -> None:  # from now on (self.threads: as created)
+        C.llama_set_n_threads(self._ptr, threads, threads)
 
     def new_batch(self, capacity: int, n_seq_max: int) -> Batch:
         """A batch of the kind this context decodes: token ids, or embeddings."""
