@@ -140,3 +140,18 @@ def test_sampling_with_the_draft_working_ahead_keeps_the_target_distribution(eng
         engine.models.overlap = False
     assert sum(ready) > 300 and len(ar_counts) > 5
     assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
+
+
+def test_the_draft_working_ahead_stays_within_the_context(engine, always_busy):
+    """Up to the context's end: the draft's cache holds the tree's cells, the guess's and those
+    decoded ahead; where they would not fit, it decodes fewer ahead, never a failing call."""
+    prompt = "Once upon a time, there"
+    reference = engine.generate(prompt, max_tokens=400, mode="ar", context_full="stop")
+    engine.models.overlap = True
+    try:
+        result = engine.generate(prompt, max_tokens=400, mode="tree", context_full="stop")
+    finally:
+        engine.models.overlap = False
+    assert reference.stop_reason == result.stop_reason == "context"
+    assert_same_or_near_tie(engine, prompt, reference.tokens, result.tokens)
+    assert result.stats["ready_rounds"] > 0

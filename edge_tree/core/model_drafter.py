@@ -344,6 +344,11 @@ class DraftModelDrafter:
         anchor = path[done - 1] if done else 0
         start = self._root_pos + done + 1  # the position of path[done]
         seqs = [self.ahead_seq - k for k in range(self.AHEAD_BRANCHES)]
+        root = self._root_pos + len(path) + 1  # where the bonus token will sit
+        # cells: the committed ones, the tree's, the guess's, the walk's and these, all in n_ctx
+        room = (self.ctx.n_ctx - root - tree.n - self._guess_len - len(path) - 2) // len(seqs)
+        if room < 1:
+            return
         self.ctx.seq_cp(self._node_seq[anchor], seqs[0], -1, start)
         last = self.ctx.feed(self.batch, [int(tree.token[n]) for n in path[done:]], start, seqs[0])
         bonuses, _ = top_candidates(self._logits(last), len(seqs))
@@ -351,9 +356,6 @@ class DraftModelDrafter:
             self.ctx.seq_cp(seqs[0], seq)
         choices = [[int(t)] for t in self._target_ids(bonuses)]
         rows: list[list[np.ndarray]] = [[] for _ in seqs]
-        root = self._root_pos + len(path) + 1  # where the bonus token will sit
-        # cells: the committed ones, the tree's, the guess's, the walk's and these, all in n_ctx
-        room = (self.ctx.n_ctx - root - tree.n - self._guess_len - len(path) - 2) // len(seqs)
         step = 0
         while busy() and step < min(self.AHEAD_MAX, room):
             self.batch.clear()
