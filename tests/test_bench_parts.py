@@ -66,8 +66,9 @@ ROWS = ([Row(s.label, "ours", s.options) for s in parse_modes("ar,tree")]
 SPEC_ROW = SPEC_CONFIGS[0][0]
 
 
-def ours(pi, row, tokens, decode_s, passes, accepted, clocks, ids):
-    """One canned run of ours: clocks = (target decode, draft decode, host) seconds."""
+def ours(pi, row, tokens, decode_s, passes, accepted, clocks, ids, ahead_s=0.0):
+    """One canned run of ours: clocks = (target decode, draft decode, host) seconds; ahead_s of
+    the draft's decode ran beside the target's passes."""
     target, draft, host = clocks
     return {"prompt_index": pi, "prompt_name": f"p{pi}", "row": row, "kind": "ours",
             "tokens": tokens, "decode_s": decode_s, "tokens_per_s": tokens / decode_s,
@@ -75,7 +76,7 @@ def ours(pi, row, tokens, decode_s, passes, accepted, clocks, ids):
             "accepted": accepted, "acceptance_by_depth": [], "draft_s": draft, "verify_s": target,
             "target_decode_s": target, "draft_decode_s": draft, "host_s": host,
             "host_ms_per_token": 1000 * host / tokens, "host_ms_per_round": 1000 * host / passes,
-            "stop_reason": "max_tokens", "token_ids": ids, "text": "the text"}
+            "ahead_s": ahead_s, "stop_reason": "max_tokens", "token_ids": ids, "text": "the text"}
 
 
 def theirs(pi, row, tokens, seconds, **extra):
@@ -87,7 +88,7 @@ RUNS = [
     ours(0, "ar", 10, 1.0, 10, 0, (0.8, 0.0, 0.2), [1, 2]),
     ours(1, "ar", 10, 1.0, 10, 0, (0.8, 0.0, 0.2), [3, 4]),
     ours(0, "tree", 10, 0.5, 4, 6, (0.2, 0.2, 0.1), [1, 2]),
-    ours(1, "tree", 10, 0.5, 2, 8, (0.1, 0.3, 0.1), [3, 5]),  # other tokens than ar's
+    ours(1, "tree", 10, 0.5, 2, 8, (0.1, 0.4, 0.1), [3, 5], ahead_s=0.1),  # other tokens than ar's
     theirs(0, COMPLETION_ROW, 8, 1.0),
     theirs(1, COMPLETION_ROW, 0, 0.0, error="llama-completion exited with 1"),
     theirs(0, SPEC_ROW, 10, 0.5, acceptance_rate=0.5, n_drafted=10),
@@ -102,7 +103,8 @@ def rows():
 
 def test_aggregate_pools_the_time_breakdown(rows):
     tree = rows["tree"]
-    # host: 0.2 s over 20 tokens and 6 rounds; decode time 0.3 target + 0.5 draft + 0.2 host
+    # host: 0.2 s over 20 tokens and 6 rounds; decode time 0.3 target + 0.5 draft + 0.2 host (the
+    # draft's 0.1 s beside the target's passes left out: it took no time of its own)
     assert tree["host_ms_per_token"] == pytest.approx(10.0)
     assert tree["host_ms_per_round"] == pytest.approx(1000 * 0.2 / 6, abs=1e-4)
     assert (tree["target_decode_share"], tree["draft_decode_share"], tree["host_share"]) == \

@@ -200,10 +200,16 @@ def started_streaming(proc: subprocess.Popen, timeout: float = 60) -> bytes:
     return first[0]
 
 
-def test_a_host_killed_mid_generation_is_one_line_and_nothing_half_written(tiny_target, tmp_path,
-                                                                          hosts, doomed):
+# with a draft, the target's passes run on a thread of their own while the draft decodes ahead
+DRAFTED = pytest.mark.parametrize("mode", ["ar", "tree"])
+
+
+@DRAFTED
+def test_a_host_killed_mid_generation_is_one_line_and_nothing_half_written(tiny_target, tiny_draft_same,
+                                                                          tmp_path, hosts, doomed, mode):
     trace, stats = tmp_path / "trace", tmp_path / "stats.json"
-    args = ["generate", "-m", tiny_target, "-t", THREADS, "-c", SLOW + 192, "-n", SLOW, "--mode", "ar",
+    draft = ["-md", tiny_draft_same] if mode == "tree" else []
+    args = ["generate", "-m", tiny_target, *draft, "-t", THREADS, "-c", SLOW + 192, "-n", SLOW, "--mode", mode,
             "--rpc", f"{hosts[0]},{doomed.endpoint}", "--trace-dir", trace, "--stats-json", stats, PROMPT]
     proc = subprocess.Popen(
         [edge_tree_exe(), *map(str, args)],
@@ -226,9 +232,11 @@ def test_a_host_killed_mid_generation_is_one_line_and_nothing_half_written(tiny_
     assert all(r.get("type") != "summary" for r in records)
 
 
+@DRAFTED
 def test_a_host_killed_while_serving_fails_that_request_and_the_server_goes_on(
-        tiny_target, tmp_path_factory, hosts, doomed):
-    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", THREADS, "-c", SLOW + 192,
+        tiny_target, tiny_draft_same, tmp_path_factory, hosts, doomed, mode):
+    draft = ["-md", tiny_draft_same] if mode == "tree" else []
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, *draft, "-t", THREADS, "-c", SLOW + 192,
                            "--rpc", f"{hosts[0]},{doomed.endpoint}", env=server_env(tmp_path_factory))
     answers: dict[str, httpx.Response] = {}
 

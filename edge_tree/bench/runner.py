@@ -36,7 +36,7 @@ WARMUP_PROMPT = "The weather today is"
 WARMUP_TOKENS = 8
 # carried from result.stats into each of our runs: where the decode time went
 TIME_KEYS = ("rounds", "target_decode_s", "draft_decode_s", "host_s", "host_ms_per_token",
-             "host_ms_per_round")
+             "host_ms_per_round", "ready_rounds", "ahead_s")
 OFFLOAD_KEYS = ("gpu_offload_supported", "target_gpu_layers", "target_layers", "draft_gpu_layers",
                 "draft_layers", "target_rpc", "draft_rpc")
 
@@ -294,6 +294,7 @@ def time_breakdown(runs: list[dict], tokens: int) -> dict:
     """Host time per token and per round, and each part's share of the decode time (target
     decode + draft decode + host), pooled over the runs."""
     target, draft, host = (sum(r[k] for r in runs) for k in ("target_decode_s", "draft_decode_s", "host_s"))
+    draft -= sum(r.get("ahead_s", 0.0) for r in runs)  # its work beside the target's passes
     decode = target + draft + host
     return {"host_ms_per_token": _ratio(1000 * host, tokens, 4),
             "host_ms_per_round": _ratio(1000 * host, sum(r["rounds"] for r in runs), 4),
