@@ -46,13 +46,20 @@ def engine(tiny_target, tiny_draft_same, tmp_path_factory):
     mp.undo()
 
 
-def test_a_round_that_takes_the_rows_decoded_ahead_sees_the_drafts_own_logits(engine, tiny_draft_same):
+def drafted_ahead(engine: Engine, prompt: str):
+    """A first round's tree proposed and, as if during its target pass, decoded ahead of."""
     drafter: DraftModelDrafter = engine.models.model_drafter
-    tokens = engine.target_model.tokenize("Once upon a time, there")
+    tokens = engine.target_model.tokenize(prompt)
     drafter.start(tokens)
     request = DraftRequest(tokens, CHAIN, SamplingParams(), np.random.default_rng(0))
     tree = drafter.propose(request).tree
     drafter.ahead(tree, lambda: True)
+    return drafter, request, tree
+
+
+def test_a_round_that_takes_the_rows_decoded_ahead_sees_the_drafts_own_logits(engine, tiny_draft_same):
+    drafter, request, tree = drafted_ahead(engine, "Once upon a time, there")
+    tokens = request.tokens
     branches = drafter._ahead
     assert len(branches) == drafter.AHEAD_BRANCHES
     assert all(len(b.rows) == drafter.AHEAD_MAX for b in branches)
@@ -78,12 +85,8 @@ def test_a_round_that_takes_the_rows_decoded_ahead_sees_the_drafts_own_logits(en
 
 
 def test_rows_decoded_ahead_are_dropped_when_the_target_goes_elsewhere(engine):
-    drafter: DraftModelDrafter = engine.models.model_drafter
-    tokens = engine.target_model.tokenize("hello world")
-    drafter.start(tokens)
-    request = DraftRequest(tokens, CHAIN, SamplingParams(), np.random.default_rng(0))
-    tree = drafter.propose(request).tree
-    drafter.ahead(tree, lambda: True)
+    drafter, request, tree = drafted_ahead(engine, "hello world")
+    tokens = request.tokens
     bonuses = {b.choices[0] for b in drafter._ahead}
     other = next(t for t in range(engine.target_model.n_vocab) if t not in bonuses)
     walk = tree.first_choice_path()

@@ -13,11 +13,12 @@ tokens the context holds (their rows of the full output matrix times the copy's 
 its logits are indexed by position in ids and then in those, and q is widened back to the full
 vocabulary for the verifier.
 
-While the target verifies a tree on other machines (ahead()), the draft decodes, in seq AHEAD,
-the walk of the tree's first choices and its own choices past the walk's end. Where the target
-takes that walk and its bonus token is the draft's next choice, observe() makes those cells the
-committed prefix and the guess, and the next round starts from their logits: no first call, and
-no call for the levels where its choices follow them.
+While the target verifies a tree on other machines (ahead()), the draft decodes, in sequences of
+their own (the last AHEAD_BRANCHES), the walk of the tree's first choices, then from each of its
+likeliest tokens after it its own choices on. Where the target takes that walk and its bonus
+token is one of those, observe() makes that branch's cells the committed prefix and the guess,
+and the next round starts from their logits: no first call, and no call for the levels where
+its choices follow them.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Ahead:
-    """What the draft decoded during a target pass: the tree's first-choice walk (`path`, its
-    nodes), then its own choices past the walk's end, each but the last decoded, with the
-    logits after each (`rows`; `choices[0]` is the bonus token it expects)."""
+    """One branch the draft decoded during a target pass: after the tree's first-choice walk
+    (`path`, its nodes), a bonus token it expects (`choices[0]`) and its own choices on, with the
+    logits after each (`rows[k]`: after choices[k])."""
 
     path: list[int]
     seq: int  # the draft's cache sequence that holds them
@@ -375,9 +376,9 @@ class DraftModelDrafter:
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
         """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest.
-        Where the target took the walk decoded ahead and the bonus token the draft chose after
-        it, keep that instead: committed up to the new root, the draft's further choices as the
-        next round's guess."""
+        Where the target took the walk decoded ahead and added a bonus token a branch decoded
+        ahead starts with, keep that branch instead: committed up to the new root, the draft's
+        further choices as the next round's guess."""
         aheads, self._ahead = self._ahead, []
         taken = next((a for a in aheads if list(verdict.accepted) == a.path
                       and verdict.bonus_token == a.choices[0]), None)
