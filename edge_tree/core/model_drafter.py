@@ -198,8 +198,7 @@ class DraftModelDrafter:
         ready, self._ready = self._ready, None
         if ready is None:
             return None
-        index_size = len(self._index_ids) if self._index_ids is not None else 0
-        if self.n_cached == len(tokens) and ready.index_size == index_size:
+        if self.n_cached == len(tokens) and ready.index_size == self._index_size():
             return ready
         self.ctx.seq_rm(self.GUESS_SEQ)
         if self.n_cached == len(tokens):  # the root is in seq 0: decode it again for its logits
@@ -367,12 +366,16 @@ class DraftModelDrafter:
                 row.append(np.array(self._logits(k)))
                 chosen.append(self._top_choice(row[-1]))
             step += 1
-        index_size = len(self._index_ids) if self._index_ids is not None else 0
-        self._ahead = [Ahead(path, seq, chosen[:step], row, index_size)
-                       for seq, chosen, row in zip(seqs, choices, rows) if step]
+        if step:
+            self._ahead = [Ahead(path, seq, chosen[:step], row, self._index_size())
+                           for seq, chosen, row in zip(seqs, choices, rows)]
 
     def _top_choice(self, logits: np.ndarray) -> int:
         return int(self._target_ids(np.array([np.argmax(logits)]))[0])
+
+    def _index_size(self) -> int:
+        """How many tokens the draft's logits cover (0: its whole vocabulary)."""
+        return 0 if self._index_ids is None else len(self._index_ids)
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
         """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest.

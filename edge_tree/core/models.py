@@ -60,7 +60,7 @@ class LoadedModels:
             self.model_drafter = self._keep(DraftModelDrafter(
                 self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab,
                 reduced and reduced.output))
-        self.overlap = self._apart(options)
+        self.overlap = self._apart(options)  # the draft decodes ahead during the target's passes
         self.lookup_drafter = LookupDrafter()
         self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
         self.policy = self._make_policy(options.policy)
