@@ -11,6 +11,7 @@ from edge_tree.core.costs import CostModel
 from edge_tree.core.policy import smaller_vocabulary_pays
 from edge_tree.llamacpp import draft_vocab, llama
 from edge_tree.cli import main
+from edge_tree.core import models
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
 from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
@@ -221,3 +222,36 @@ def test_an_unwritable_cache_is_a_one_line_error(monkeypatch, tmp_path, tiny_tar
                                        "--draft-vocab", str(K), "-n", "4", "hi"])
     assert result.exit_code == 1
     assert "cannot write the reduced draft" in result.output and "Traceback" not in result.output
+
+
+def test_the_full_draft_is_closed_before_its_copy_loads(monkeypatch, tiny_target, tiny_draft_other,
+                                                        reduced_engine):
+    """Peak memory: the full draft and its copy never hold memory at once, under auto too, and
+    auto's fallback to the full draft (a copy that does not pay) opens it again."""
+    alive, most = set(), []
+    real_init, real_close = llama.Model.__init__, llama.Model.close
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        alive.add(id(self))
+        most.append(len(alive))
+
+    def close(self):
+        alive.discard(id(self))
+        real_close(self)
+
+    monkeypatch.setattr(llama.Model, "__init__", init)
+    monkeypatch.setattr(llama.Model, "close", close)
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64, draft_vocab=K) as e:
+        assert e.models.reduced is not None
+    assert max(most) == 2  # the target and one draft
+    monkeypatch.setattr(draft_vocab, "MIN_FULL_VOCAB", 0)  # make "auto" try the tiny draft's copy
+    monkeypatch.setattr(draft_vocab, "DEFAULT_SIZE", K)
+    for pays in (True, False):
+        most.clear()
+        monkeypatch.setattr(models, "smaller_vocabulary_pays", lambda *args: pays)
+        with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=64) as e:
+            assert (e.models.reduced is not None) == pays
+            assert e.draft_model.n_vocab == (K if pays else 512)
+            assert e.generate("hello", max_tokens=4, mode="tree").tokens
+        assert max(most) == 2

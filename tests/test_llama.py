@@ -428,3 +428,17 @@ def test_context_manager_closes_on_error(tiny_target):
         with llama.Model(tiny_target) as m:
             raise RuntimeError("boom")
     assert m._ptr is None
+
+
+def test_a_cpu_pair_offers_64_sequences_and_trees_stay_within_them(tiny_target, tiny_draft_same):
+    """Each sequence costs a context a row of n_vocab logits from its creation: on a CPU a pair's
+    contexts offer CPU_SEQUENCES, and no tree, whatever the caps ask, needs more."""
+    from edge_tree.core.engine import Engine
+    from edge_tree.core.models import CPU_SEQUENCES
+
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=THREADS, ctx_size=512, policy="fixed") as e:
+        assert e.target_ctx.n_seq_max == e.models.draft_ctx.n_seq_max == CPU_SEQUENCES
+        result = e.generate("hello", max_tokens=24, mode="tree", max_nodes_per_level=40, max_depth=6,
+                            max_total_nodes=200, record_steps=True)
+        assert max(step.n for step in result.steps) - 2 <= CPU_SEQUENCES - 1  # root and bonus aside
+        assert max(step.n for step in result.steps) - 2 > 32  # the caps did ask for wide trees

@@ -120,11 +120,10 @@ def test_the_handshake_check_accepts_a_real_rpc_server(hosts):
 
 
 def test_calibration_is_keyed_by_the_hosts(tiny_target):
-    def ctx(*hosts):
-        model = SimpleNamespace(path=tiny_target, offloaded_layers=3, rpc_hosts=hosts)
-        return SimpleNamespace(model=model, threads=1)
+    def model(*hosts):
+        return SimpleNamespace(path=tiny_target, offloaded_layers=3, rpc_hosts=hosts)
 
-    keys = {_key(ctx()), _key(ctx("10.0.0.2:50052")), _key(ctx("10.0.0.3:50052"))}
+    keys = {_key(model(), 1), _key(model("10.0.0.2:50052"), 1), _key(model("10.0.0.3:50052"), 1)}
     assert len(keys) == 3
 
 

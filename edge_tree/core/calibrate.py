@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 
@@ -56,24 +58,34 @@ def host_cost_per_node(n_vocab: int, repeats: int = 5) -> float:
     return best
 
 
-def _key(ctx: llama.Context) -> str:
-    path = ctx.model.path.resolve()
+def _key(model: llama.Model, threads: int) -> str:
+    path = model.path.resolve()
     stat = path.stat()
-    return "|".join(str(x) for x in (path, stat.st_size, int(stat.st_mtime), ctx.threads,
-                                     ctx.model.offloaded_layers, llama.version(),
-                                     *(f"rpc={host}" for host in ctx.model.rpc_hosts)))
+    return "|".join(str(x) for x in (path, stat.st_size, int(stat.st_mtime), threads,
+                                     model.offloaded_layers, llama.version(),
+                                     *(f"rpc={host}" for host in model.rpc_hosts)))
 
 
 def cached_costs(ctx: llama.Context, sizes, cache_file: Path | None = None) -> dict[int, float]:
+    """decode_costs of this context's model, measured in it on the first call only."""
+    return cached_model_costs(ctx.model, ctx.threads, sizes, lambda: nullcontext(ctx), cache_file)
+
+
+def cached_model_costs(model: llama.Model, threads: int, sizes,
+                       open_ctx: Callable[[], ContextManager[llama.Context]],
+                       cache_file: Path | None = None) -> dict[int, float]:
+    """decode_costs of a model, in a context open_ctx() opens only where nothing is cached: a
+    context reserves its compute and output buffers as it is created (~100 MB on a 262k vocabulary)."""
     cache_file = cache_file or cache_dir() / "calibration.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
-    key = _key(ctx)
+    key = _key(model, threads)
     if key in cache:
         return {int(n): s for n, s in cache[key].items()}
-    costs = decode_costs(ctx, sizes)
+    with open_ctx() as ctx:
+        costs = decode_costs(ctx, sizes)
     cache[key] = costs
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

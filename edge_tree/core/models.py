@@ -15,7 +15,8 @@ from ..llamacpp import llama
 from ..llamacpp.demo import ensure_demo
 from ..llamacpp.modelfile import check_gguf
 from ..llamacpp.vocab import check_vocab
-from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, host_cost_per_node
+from ..errors import EdgeTreeError
+from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, cached_model_costs, host_cost_per_node
 from .compose import LookupGraftDrafter
 from .lookup import LookupDrafter
 from .model_drafter import DraftModelDrafter
@@ -23,6 +24,19 @@ from .options import LoadOptions
 from .costs import CostModel
 from .policy import AdaptivePolicy, FixedPolicy, Policy, smaller_vocabulary_pays
 from .target import TargetRunner
+
+# Every leaf of a tree is a sequence of llama.cpp's KV cache, and a context keeps a row of logits
+# (n_vocab floats) for each of its sequences from its creation on, written through once: 256
+# sequences hold 268 MB on Gemma's 262k vocabulary, in the target and again in the draft. On a CPU
+# no tree the policy plans pays past a few dozen nodes (docs/benchmarks.md, "Memory"), so a
+# context there offers 64; with layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
+CPU_SEQUENCES = 64
+
+
+def sequences_for(model: llama.Model) -> int:
+    """How many sequences a context of a pair led by this target offers."""
+    most = llama.max_parallel_sequences()
+    return most if model.offloaded_layers else min(CPU_SEQUENCES, most)
 
 
 class LoadedModels:
@@ -44,9 +58,9 @@ class LoadedModels:
         self.target_path = str(check_gguf(target, "target"))
         self.draft_path = str(check_gguf(draft, "draft")) if draft else None
         threads, n_ctx = options.threads, options.ctx_size
-        n_seq = llama.max_parallel_sequences()
         self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers,
                                                        options.rpc_hosts))
+        n_seq = sequences_for(self.target_model)
         self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
         self.target = self._keep(TargetRunner(self.target_ctx))
         self.draft_model = self.reduced = None
@@ -75,32 +89,58 @@ class LoadedModels:
 
     def _load_draft(self, options: LoadOptions, progress: bool) -> None:
         """The draft as given, or the reduced-vocabulary copy derived from it (llamacpp.draft_vocab)
-        where asked, or, under auto, where it is measured to pay on this machine."""
-        full = self._keep(llama.Model(self.draft_path, options.draft_n_gpu_layers, options.rpc_draft_hosts))
-        check_vocab(self.target_model, full)
-        reduced = draft_vocabs.load(full, options.draft_vocab, cache_dir(), options.threads,
-                                    options.draft_n_gpu_layers, progress)
-        if reduced and options.draft_vocab == "auto" and not self._reduced_pays(full, reduced, options.threads):
-            reduced.model.close()
-            reduced = None
-        if reduced:  # the reduced copy replaces the full draft
+        where asked, or, under auto, where it loads and is measured to pay on this machine. The
+        full draft is closed before the copy loads: the two never hold memory at once."""
+        full = self._open_full_draft(options)
+        try:
+            check_vocab(self.target_model, full)
+            copy = draft_vocabs.derive(full, options.draft_vocab, cache_dir(), options.threads, progress)
+            source = draft_vocabs.FullDraft.of(full)
+            auto = copy and options.draft_vocab == "auto"
+            full_cost = self._draft_cost(full, options.threads) if auto else None
+        except BaseException:
             full.close()
-            self._keep(reduced.model)
-        self.reduced = reduced
-        self.draft_model = reduced.model if reduced else full
+            raise
+        self.reduced = None
+        if copy:
+            full.close()
+            self.reduced = self._open_copy(copy, source, full_cost, options)
+            full = None if self.reduced else self._open_full_draft(options)
+        self.draft_model = self._keep(self.reduced.model if self.reduced else full)
 
-    def _reduced_pays(self, full: llama.Model, reduced, threads: int | None) -> bool:
-        """Whether the reduced copy's measured cost saving outweighs the proposals it can no
-        longer make: the expected tokens per second of the best tree with each draft, on this
-        machine's measured costs, the full draft at the policy's prior acceptance and the copy
-        at that times its coverage."""
-        target = cached_costs(self.target_ctx, TARGET_SIZES)
-        with llama.Context(full, 64, threads=threads) as ctx:
-            full_cost = CostModel(target, cached_costs(ctx, DRAFT_SIZES), host_cost_per_node(full.n_vocab))
-        with llama.Context(reduced.model, 64, threads=threads, embed=reduced.embed) as ctx:
-            reduced_cost = CostModel(target, cached_costs(ctx, DRAFT_SIZES),
-                                     host_cost_per_node(reduced.model.n_vocab))
-        return smaller_vocabulary_pays(full_cost, reduced_cost, reduced.coverage)
+    def _open_full_draft(self, options: LoadOptions) -> llama.Model:
+        return llama.Model(self.draft_path, options.draft_n_gpu_layers, options.rpc_draft_hosts)
+
+    def _open_copy(self, copy, source, full_cost: CostModel | None, options: LoadOptions):
+        """The reduced copy, or None where under auto it does not load, or its measured cost
+        saving does not outweigh the proposals it can no longer make: the expected tokens per
+        second of the best tree with each draft, the full draft at the policy's prior acceptance
+        and the copy at that times its coverage."""
+        auto = options.draft_vocab == "auto"
+        try:
+            reduced = draft_vocabs.open_copy(copy, source, options.threads, options.draft_n_gpu_layers)
+        except EdgeTreeError:
+            if auto:
+                return None
+            raise
+        try:
+            reduced_cost = self._draft_cost(reduced.model, options.threads, reduced.embed)
+            if not auto or smaller_vocabulary_pays(full_cost, reduced_cost, reduced.coverage):
+                return reduced
+        except BaseException:
+            reduced.model.close()
+            raise
+        reduced.model.close()
+        return None
+
+    def _draft_cost(self, draft: llama.Model, threads: int | None, embed=None) -> CostModel:
+        """The pair's costs with this draft, measured in a small context opened only where
+        nothing is cached."""
+        threads_used = self.target_ctx.threads  # what llama.Context made of `threads`
+        draft_costs = cached_model_costs(draft, threads_used, DRAFT_SIZES,
+                                         lambda: llama.Context(draft, 64, threads=threads, embed=embed))
+        return CostModel(cached_costs(self.target_ctx, TARGET_SIZES), draft_costs,
+                         host_cost_per_node(draft.n_vocab))
 
     def _make_policy(self, name: str) -> Policy:
         if name == "fixed" or not self.draft_ctx:  # without a draft, every mode has a fixed plan
@@ -108,6 +148,12 @@ class LoadedModels:
         return AdaptivePolicy(CostModel(cached_costs(self.target_ctx, TARGET_SIZES),
                                         cached_costs(self.draft_ctx, DRAFT_SIZES),
                                         host_per_node=host_cost_per_node(self.draft_model.n_vocab)))
+
+    @property
+    def max_tree_nodes(self) -> int:
+        """The most drafted and guessed nodes a round's tree may hold: one sequence each, at
+        most, beside the committed one."""
+        return self.target_ctx.n_seq_max - 1
 
     def drafter_for(self, mode: str, ngram: bool):
         """The drafter of a mode: none for ar; tree grafts guesses onto the model's unless told not to."""

@@ -208,24 +208,36 @@ class OutputRows:
         return self.softcap * np.tanh(scores / self.softcap) if self.softcap else scores
 
 
-def load(full: llama.Model, size: int | str, cache: Path, threads: int | None = None,
-         n_gpu_layers: int = 0, progress: bool = False) -> DraftVocab | None:
-    """The reduced-vocab copy of a loaded draft (derived on first use), or None where the full
-    draft is wanted. With size "auto", a draft whose copy llama.cpp cannot load, or whose
-    architecture does not take embeddings as it embeds tokens, stays as it is."""
+@dataclass(frozen=True)
+class FullDraft:
+    """What the copy needs of the draft it was derived from, once that draft is closed."""
+
+    path: Path
+    n_vocab: int
+    softcap: float
+    rpc_hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: llama.Model) -> "FullDraft":
+        return cls(model.path, model.n_vocab, softcap(model), model.rpc_hosts)
+
+
+def derive(full: llama.Model, size: int | str, cache: Path, threads: int | None = None,
+           progress: bool = False) -> Path | None:
+    """The reduced-vocab copy of a loaded draft, derived into the cache on first use, or None
+    where the full draft is wanted. With size "auto", a draft that cannot be derived stays as it is."""
     k = wanted(size, full)
     if k is None:
         return None
     try:
-        return _load(full, k, cache, threads, n_gpu_layers, progress)
+        return _derive(full, k, cache, threads, progress)
     except EdgeTreeError:
         if size == "auto":
             return None
         raise
 
 
-def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_layers: int,
-          progress: bool) -> DraftVocab:
+def _derive(full: llama.Model, k: int, cache: Path, threads: int | None, progress: bool) -> Path:
     source = full.path.resolve()
     stat = source.stat()
     tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}|coverage"
@@ -247,6 +259,12 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
             log.end("failed")
             raise
         log.end(f"{time.perf_counter() - start:.0f} s")
+    return path
+
+
+def open_copy(path: Path, full: FullDraft, threads: int | None = None, n_gpu_layers: int = 0) -> DraftVocab:
+    """Load a copy derive() wrote, with the input table and output rows of the draft it came
+    from (read from that file, not from a loaded model: the full draft may be closed)."""
     meta = describe_gguf(path, "draft", (IDS_KEY, COVERAGE_KEY))["meta"]
     ids = meta[IDS_KEY].astype(np.int64)
     tensors = describe_gguf(full.path, "draft")["tensors"]  # one header read for both tables (0.2 s on Gemma)
@@ -257,7 +275,7 @@ def _load(full: llama.Model, k: int, cache: Path, threads: int | None, n_gpu_lay
         if table.scale is None:
             raise EdgeTreeError(f"draft {full.path.name}: this architecture does not take input "
                                 "embeddings the way it embeds tokens; use --draft-vocab full")
-        output = OutputRows(full.path, tensors, softcap(full))
+        output = OutputRows(full.path, tensors, full.softcap)
         if not reproduces_logits(model, ids, table, output, threads):
             output = None
     except BaseException:
