@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -24,12 +25,14 @@ from click.testing import CliRunner
 from edge_tree import Engine, EdgeTreeError
 from edge_tree.llamacpp import llama
 from edge_tree.cli import Interrupt, main
+from edge_tree.core.plan import TreeShape
 from edge_tree.llamacpp.modelfile import check_gguf
 from edge_tree.viz.jsonl import read_trace
 
 from test_cli import assert_one_line_error, edge_tree_exe, run
 
 THREADS = "1"  # a shared 2-core machine
+REPEATING = "one two three four five six seven eight nine ten one two three four five six seven eight"
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +127,38 @@ def test_context_full_stop_ends_cleanly_at_the_context(tiny_target, tmp_path):
     assert stats["stop_reason"] == "context"
     assert stats["prompt_tokens"] + stats["tokens"] == 256
     assert proc.stdout.decode().strip()
+
+
+class RandomPlans:
+    """Any plan the timing-driven policy could make, drawn at random: deep, wide, guess-heavy,
+    with or without the draft model, and nothing at all."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def plan(self, mode, caps) -> TreeShape:
+        r = self.rng
+        return TreeShape(max_depth=r.randint(0, 40), max_nodes_per_level=r.randint(1, 24),
+                         max_total_nodes=r.randint(0, 300), branch=r.randint(1, 4), expand=r.randint(1, 12),
+                         use_model=r.random() < 0.8, guess_nodes=r.choice([None, 0, r.randint(1, 40)]))
+
+    def observe(self, outcome) -> None:
+        pass
+
+    def reset(self, learn_costs: bool = True) -> None:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_plan_outgrows_the_context(tiny_target, tiny_draft_other, seed):
+    """Whatever the policy plans, every decode fits the cells left, in the target's cache and the
+    draft's (its checked guess and its expanded nodes): the run stops at the context limit."""
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=256) as engine:
+        engine.models.policy = RandomPlans(seed)
+        for prompt in ("hello", REPEATING):  # REPEATING: prompt lookup finds guesses
+            result = engine.generate(prompt, max_tokens=100_000, mode="tree", context_full="stop")
+            assert result.stop_reason == "context"
+            assert result.stats["prompt_tokens"] + result.stats["tokens"] == engine.target_ctx.n_ctx
 
 
 @pytest.mark.parametrize("context_full", ["error", "stop"])

@@ -125,7 +125,9 @@ class _Run:
         self.drafter = self.models.drafter_for(mode, options.ngram)
         self.policy = self.models.policy
         self.params = options.sampling
-        self.caps = Caps(options.max_depth, options.max_nodes_per_level, options.max_total_nodes)
+        node_limit = self.models.max_tree_nodes
+        self.caps = Caps(options.max_depth, options.max_nodes_per_level,
+                         min(options.max_total_nodes or node_limit, node_limit))
         self.seed = int(np.random.SeedSequence().entropy % 2**32) if options.seed is None else options.seed
         self.rng = np.random.default_rng(self.seed)
         self.on_text, self.on_step = on_text, on_step
@@ -220,14 +222,16 @@ class _Run:
         cells = self.models.target_ctx.n_ctx - n_tokens
         remaining = self.options.max_tokens - len(self.generated)  # no point drafting past the end
         depth_cap = max(0, min(self.caps.max_depth or NO_CAP, remaining - 1, cells - 1))
-        node_cap = max(0, min(self.caps.max_total_nodes or NO_CAP, cells - 1,
-                              self.models.target_ctx.n_seq_max - 1))
+        node_cap = max(0, min(self.caps.max_total_nodes, cells - 1))
         depth = min(plan.max_depth, depth_cap)
         nodes = min(plan.max_total_nodes, node_cap) if depth else 0
         extra = self.drafter.extra_nodes
         wanted = extra if plan.guess_nodes is None else min(plan.guess_nodes, extra)
-        return replace(plan, max_depth=depth, max_total_nodes=nodes, guess_depth=depth_cap,
-                       guess_nodes=min(wanted, node_cap - nodes) if depth_cap else 0)
+        # the draft's cache holds the committed tokens, the guess it checks in its first call (up
+        # to guess_depth tokens) and a cell per node it expands (fewer than `nodes`): all in n_ctx
+        guess_depth = min(depth_cap, max(0, cells - 1 - nodes))
+        return replace(plan, max_depth=depth, max_total_nodes=nodes, guess_depth=guess_depth,
+                       guess_nodes=min(wanted, node_cap - nodes) if guess_depth else 0)
 
     def _emit(self, new_tokens: list[int]) -> str:
         """Stream the round's tokens, in one piece: a listener wakes once a round, not once a
