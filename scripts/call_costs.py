@@ -99,8 +99,8 @@ def completion_report(tools: Path, target: str, n_ctx: int, threads: int) -> dic
                           "-n", "64", "--temp", "0", "-no-cnv", "-p", prompt, "--ignore-eos"],
                          env=env, capture_output=True, text=True, timeout=600).stderr
     found = {}
-    for label, key in (("prompt eval time", "prompt_ms_per_token"), ("eval time", "decode_ms_per_token")):
-        match = re.search(rf"\b{label} =\s*[\d.]+ ms /\s*\d+ \w+ \(\s*([\d.]+) ms per token", out)
+    for label, key in (("prompt eval time", "prompt_ms_per_token"), ("(?<!prompt )eval time", "decode_ms_per_token")):
+        match = re.search(rf"{label} =\s*[\d.]+ ms /\s*\d+ \w+ \(\s*([\d.]+) ms per token", out)
         if match:
             found[key] = float(match.group(1))
     return found
