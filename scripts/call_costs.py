@@ -29,6 +29,7 @@ from pathlib import Path
 
 import edge_tree  # first: llama.cpp's library loads before numpy
 import llama_cpp as C
+from edge_tree.bench.tools import parse_completion_output
 from edge_tree.core.models import sequences_for
 from edge_tree.llamacpp import llama
 
@@ -98,11 +99,11 @@ def completion_report(tools: Path, target: str, n_ctx: int, threads: int) -> dic
     out = subprocess.run([str(tools / "llama-completion"), "-m", target, "-c", str(n_ctx), "-t", str(threads),
                           "-n", "64", "--temp", "0", "-no-cnv", "-p", prompt, "--ignore-eos"],
                          env=env, capture_output=True, text=True, timeout=600).stderr
-    found = {}
-    for label, key in (("prompt eval time", "prompt_ms_per_token"), ("(?<!prompt )eval time", "decode_ms_per_token")):
-        match = re.search(rf"{label} =\s*[\d.]+ ms /\s*\d+ \w+ \(\s*([\d.]+) ms per token", out)
-        if match:
-            found[key] = float(match.group(1))
+    decode = parse_completion_output(out)  # the bench's reading of its one-token decodes
+    found = {"decode_ms_per_token": round(decode["seconds"] / decode["tokens"] * 1e3, 3)}
+    match = re.search(r"prompt eval time =\s*[\d.]+ ms /\s*\d+ tokens\s*\(\s*([\d.]+) ms per token", out)
+    if match:
+        found["prompt_ms_per_token"] = float(match.group(1))
     return found
 
 
