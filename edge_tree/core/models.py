@@ -27,9 +27,10 @@ from .target import TargetRunner
 
 # Every leaf of a tree is a sequence of llama.cpp's KV cache, and a context keeps a row of logits
 # (n_vocab floats) for each of its sequences from its creation on, written through once: 256
-# sequences hold 268 MB on Gemma's 262k vocabulary, in the target and again in the draft. On a CPU
-# no tree the policy plans pays past a few dozen nodes (docs/benchmarks.md, "Memory"), so a
-# context there offers 64; with layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
+# sequences hold 268 MB on Gemma's 262k vocabulary, in the target and again in the draft
+# (docs/benchmarks.md, "Memory, byte for byte"). On a CPU a pass over 64 tokens costs 7 to 17
+# one-token passes, so a larger tree would rarely pay: a context there offers 64 sequences; with
+# layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
 CPU_SEQUENCES = 64
 
 
@@ -96,12 +97,11 @@ class LoadedModels:
             check_vocab(self.target_model, full)
             copy = draft_vocabs.derive(full, options.draft_vocab, cache_dir(), options.threads, progress)
             source = draft_vocabs.FullDraft.of(full)
-            auto = copy and options.draft_vocab == "auto"
-            full_cost = self._draft_cost(full, options.threads) if auto else None
+            weigh = copy is not None and options.draft_vocab == "auto"  # does the copy pay?
+            full_cost = self._draft_cost(full, options.threads) if weigh else None
         except BaseException:
             full.close()
             raise
-        self.reduced = None
         if copy:
             full.close()
             self.reduced = self._open_copy(copy, source, full_cost, options)
