@@ -1,6 +1,7 @@
 """The adaptive policy on simulated cost curves: wide trees where verifying is cheap, narrow where
 it is not, never worse (in its own model) than the best fixed chain, always inside the caps."""
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from edge_tree.core.costs import CostModel
 from edge_tree.core.policy import (AdaptivePolicy, Caps, RankAcceptance, best_shape, chain_shape,
-                                   shape_rate)
+                                   grow_levels, round_rate, shape_rate)
 from edge_tree.core.plan import RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
@@ -223,3 +224,22 @@ def test_greedy_generations_build_on_what_earlier_ones_learned_sampled_ones_star
     assert policy.acceptance.pi()[1] < 0.5 and policy.acceptance.trials.sum() == 0
     policy.reset(learn_costs=True)  # and greedy ones find what they had learned
     assert policy.acceptance.pi()[1] > 0.8
+
+
+def test_the_shape_search_with_running_sums_finds_the_best_rate_the_plain_sums_give():
+    """best_shape adds each level's draft call to running sums (it runs every few rounds); the
+    shape it picks has the best rate that round_s, summing every call again, gives any candidate."""
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        target = dict(zip((1, 2, 4, 8, 16, 32, 64), np.cumsum(rng.uniform(0.001, 0.02, 7))))
+        draft = dict(zip((1, 2, 4, 8, 16), np.cumsum(rng.uniform(0.0005, 0.01, 5))))
+        cost = CostModel(target, draft, host_per_node=float(rng.uniform(0, 3e-3)),
+                         host_per_round=float(rng.uniform(0, 1e-3)), host_per_call=float(rng.uniform(0, 1e-4)))
+        pi = RankAcceptance(prior=(rng.uniform(0.3, 0.98), rng.uniform(0.05, 0.4))).pi()
+        caps = Caps(max_total_nodes=int(rng.integers(4, 64)))
+        best = max(round_rate(accepted, nodes, calls, cost)
+                   for branch, expand in itertools.product((1, 2, 3, 4), (1, 2, 3, 4, 6, 8, 12, 16))
+                   if expand <= min(64, branch * expand) and branch <= min(64, branch * expand)
+                   for _, accepted, nodes, calls, _ in grow_levels(branch, expand, min(64, branch * expand),
+                                                                   caps.max_total_nodes, 24, pi))
+        assert shape_rate(best_shape(caps, pi, cost), pi, cost) == pytest.approx(best, rel=1e-9)

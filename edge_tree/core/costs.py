@@ -74,9 +74,17 @@ class CostModel:
         """A round: draft calls of these sizes, a target pass over the root and nodes, and the
         host's work."""
         table = self._draft
-        drafting = sum(table[c] for c in calls)
+        return self.round_s_of(sum(table[c] for c in calls), len(calls), sum(calls), nodes)
+
+    def draft_points_s(self, n: int) -> float:
+        """A draft call over n tokens as calibrated, before the corrections (for round_s_of)."""
+        return self._draft[n]
+
+    def round_s_of(self, drafting: float, n_calls: int, fed: int, nodes: int) -> float:
+        """round_s from running sums, for a search that grows a tree level by level: the
+        calibrated seconds of its draft calls, how many calls, and the tokens they feed."""
         return (self.draft_scale * drafting + self.verify_s(1 + nodes) + self.host_per_round
-                + self.host_per_call * len(calls) + self.host_per_node * (sum(calls) + nodes))
+                + self.host_per_call * n_calls + self.host_per_node * (fed + nodes))
 
     def signature(self) -> tuple:
         """The corrections, each to about 3%: plans made under the same signature are alike."""

@@ -167,6 +167,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
     """The tree the drafter grows, in expectation, when the target's token has the draft's rank r
     with probability pi[r]. Yields, for each depth d, the tree cut there: (d, expected accepted
     tokens, nodes, tokens fed per draft call, reach of the least likely node grown for it)."""
+    pi = [float(x) for x in pi]  # plain floats: numpy scalars cost several times more per product
     expanded = [1.0]  # probability that the walk reaches each expanded node of the last level
     nodes = 0
     accepted = 0.0
@@ -206,9 +207,12 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
         per_level = min(per_level_cap, branch * expand)
         if expand > per_level or branch > per_level:
             continue
+        drafting, fed = 0.0, 0  # running sums over the calls: each depth adds one call
         for depth, accepted, nodes, calls, floor in grow_levels(branch, expand, per_level,
                                                                 total_cap, max_depth, pi):
-            rate = round_rate(accepted, nodes, calls, cost)
+            drafting += cost.draft_points_s(calls[-1])
+            fed += calls[-1]
+            rate = (accepted + 1.0) / cost.round_s_of(drafting, len(calls), fed, nodes)
             if rate > best_rate:
                 best_rate = rate
                 best = TreeShape(max_depth=depth, max_nodes_per_level=per_level,
