@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, derived
 from .bench import bench
 from .core.engine import Engine
 from .core.options import GenOptions, LoadOptions, click_options, split_options
 from .errors import UsageError, user_errors
-from .files import check_writable_file, write_text
+from .files import cache_dir, check_writable_file, write_text
 from .records import StepRecord
 from .server import serve
 
@@ -199,6 +200,34 @@ def models_list(dirs):
         for row in rows:
             click.echo(f"{row['size_bytes'] / 2**20:9.1f} MiB  {row['quantization'] or '?':8} "
                        f"{row['architecture'] or '?':10} {row['path']}")
+        files = derived.listing()
+        if files:
+            click.echo(f"\nderived files in {cache_dir()} ({_mib(files)} MiB; `edge-tree models prune` removes them):")
+        for row in files:
+            made = f"from {row['from']}" if row["from"] else "origin not recorded"
+            stale = "" if row["current"] else f" [made by {row['by'] or 'an older version'}: unused]"
+            click.echo(f"{row['size_bytes'] / 2**20:9.1f} MiB  {row['path']}\n{'':15}{made}, "
+                       f"last used {_date(row['used'])}{stale}")
+
+
+@models.command("prune")
+@click.option("--unused-days", type=float, help="Only files not used for this many days (default: all).")
+def models_prune(unused_days):
+    """Remove the files edge-tree derived into its cache (demo pair, deep copies, reduced drafts);
+    they are made again when next needed."""
+    with user_errors():
+        if unused_days is not None and unused_days < 0:
+            raise UsageError("--unused-days", f"must be at least 0, got {unused_days}")
+        removed = derived.prune(unused_days)
+        click.echo(f"removed {len(removed)} files, freed {_mib(removed)} MiB")
+
+
+def _mib(rows: list[dict]) -> str:
+    return f"{sum(row['size_bytes'] for row in rows) / 2**20:.1f}"
+
+
+def _date(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "never recorded"
 
 
 @models.command("make-draft")

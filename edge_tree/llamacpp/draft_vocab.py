@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import llama
+from .. import derived
 from ..errors import EdgeTreeError
 from .modelfile import describe_gguf
 from ..files import atomic_write
@@ -240,10 +241,12 @@ def derive(full: llama.Model, size: int | str, cache: Path, threads: int | None 
 def _derive(full: llama.Model, k: int, cache: Path, threads: int | None, progress: bool) -> Path:
     source = full.path.resolve()
     stat = source.stat()
-    tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}|coverage"
+    tag = f"{source}|{stat.st_size}|{int(stat.st_mtime)}|{k}|{USAGE_SEQS}x{USAGE_STEPS}|{derived.made_by()}"
     digest = hashlib.sha1(tag.encode()).hexdigest()[:10]
     path = cache / "draft-vocab" / f"{full.path.stem}-vocab{k}-{digest}.gguf"
-    if not path.exists():
+    if derived.is_current(path):
+        derived.mark_used(path)
+    else:
         log = Progress(progress)
         log.start(f"deriving a {k}-token draft from {full.path.name} (once, into {path.parent})")
         start = time.perf_counter()
@@ -252,6 +255,7 @@ def _derive(full: llama.Model, k: int, cache: Path, threads: int | None, progres
             usage = token_usage(full, threads)
             ids = choose_ids(usage, must_keep(full), k)
             write_reduced(full.path, path, ids, float(usage[ids].sum() / usage.sum()))
+            derived.record(path, source)
         except OSError as e:
             log.end("failed")
             raise EdgeTreeError(f"cannot write the reduced draft {path}: {e.strerror or e}") from None
