@@ -135,18 +135,18 @@ def test_auto_tries_a_copy_only_for_large_vocabularies(tiny_draft_other):
 @pytest.mark.demo
 def test_the_demo_drafts_output_matrix_is_most_of_a_call(demo_pair):
     """Gemma 3 270M: the 262k-row output matrix (tied to the input table) is most of what a
-    one-token call reads, so auto tries the 32k copy (FIELD.md section 4: 63% of the compute)."""
+    one-token call reads, so auto tries the 32k copy (docs/design.md, "The demo model": 63% of the compute)."""
     with llama.Model(demo_pair.draft) as draft:
         assert draft_vocab.estimated_saving(draft.path, draft_vocab.DEFAULT_SIZE) > 0.4
         assert draft_vocab.wanted("auto", draft) == draft_vocab.DEFAULT_SIZE
 
 
-# Measured on 2 cores (FIELD.md section 5 and this machine): the F32 target; the Q4_K_M demo draft,
+# Measured on 2 cores (docs/design.md, "Measured costs", and this machine): the F32 target; the Q4_K_M demo draft,
 # full (16.5 ms a call) and reduced to 32k tokens (6.7 ms).
 CPU_TARGET = {1: .0416, 2: .0516, 4: .0582, 8: .0778, 16: .1036}
 CPU_FULL = {1: .0165, 2: .0290, 4: .0400, 8: .0600, 16: .0980}
 CPU_REDUCED = {1: .0067, 2: .0100, 4: .0140, 8: .0230, 16: .0420}
-# An H200 (FIELD.md section 7): a call is paid per layer, not per byte; the full-vocabulary copy
+# An H200 (docs/design.md, "Measured costs"): a call is paid per layer, not per byte; the full-vocabulary copy
 # of the logits and its scan on the host add about a millisecond a call.
 GPU_TARGET = {1: .00120, 2: .00139, 4: .00196, 8: .00216, 16: .00233}
 GPU_DRAFT = {1: .00118, 2: .00135, 4: .00190, 8: .00210, 16: .00230}

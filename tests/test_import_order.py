@@ -1,5 +1,5 @@
 """llama.cpp's library loads before numpy, whoever starts the process; and where a user's program
-imported numpy first on a CUDA build (a crash inside llama.cpp on an H200, FIELD.md section 7),
+imported numpy first on a CUDA build (a crash inside llama.cpp on an H200, docs/design.md, "llama.cpp mechanics"),
 loading a model says so in one line instead."""
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from edge_tree.core.plan import RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
 
-# Measured on a 2-core CPU (FIELD.md section 5): F32 target verify, Q4_K_M draft, seconds.
+# Measured on a 2-core CPU (docs/design.md, "Measured costs"): F32 target verify, Q4_K_M draft, seconds.
 CPU = CostModel({1: .0416, 2: .0516, 4: .0582, 8: .0778, 16: .1036, 64: .293},
                 {1: .0198, 2: .0331, 4: .0432, 8: .0649, 16: .1033}, host_per_node=0.0004)
 # A GPU with a big target: one pass costs about the same for 1 or 64 tokens.
 GPU = CostModel({1: .020, 8: .0204, 64: .0225, 256: .030}, {1: .004, 16: .0044, 64: .005})
-# Where the target's token sits in the draft's ranking (FIELD.md section 5).
+# Where the target's token sits in the draft's ranking (docs/design.md, "Measured costs").
 DRAFT_A = np.array([0.977, 0.018, 0.006, 0, 0, 0, 0, 0]) + 1e-4
 DRAFT_B = np.array([0.85, 0.074, 0.027, 0.01, 0.012, 0.005, 0.003, 0.002])
 
@@ -107,7 +107,7 @@ def test_a_draft_that_is_never_right_gives_way_to_plain_decoding():
     assert not later.use_model and later.max_total_nodes == 0
 
 
-# An H200 as measured (FIELD.md section 7): a small model's decode is paid per layer, not per
+# An H200 as measured (docs/design.md, "Measured costs"): a small model's decode is paid per layer, not per
 # byte, so the demo draft (the target's 18 layers) costs what the target costs; our plain decoding
 # ran at 1.71 ms a token (0.5 ms of it host work), our chain of 8 at 333 tok/s with 97% accepted:
 # ~24.6 ms for a round of ~8.2 tokens, of which 8 draft calls + one verify explain ~12.3 ms, so

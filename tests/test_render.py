@@ -511,8 +511,8 @@ def unsure_draft(tmp_path_factory):
 @pytest.mark.parametrize("rounds", [None, 10], ids=["complete", "interrupted"])
 def test_report_acceptance_chart_is_the_stats_metric(request, tmp_path, tiny_target, draft, rounds):
     """The chart equals result.stats["acceptance_by_depth"] (what --stats prints), also for a run
-    that stopped without a summary record, where the report has only the steps to go by (the
-    single-file render.py counted something else there: [0.4, 0.25] where --stats said [0.4, 0.5]
+    that stopped without a summary record, where the report has only the steps to go by (an
+    earlier renderer counted something else there: [0.4, 0.25] where --stats said [0.4, 0.5]
     for the unsure draft stopped after 10 rounds)."""
     from edge_tree.core.engine import Engine
 
@@ -561,7 +561,7 @@ def pixels(data: bytes) -> np.ndarray:
 @pytest.mark.parametrize("fragment, reference", [("", "report-step1.png"), ("#step-2", "report-step2.png")])
 def test_report_looks_as_before_in_headless_chromium(tmp_path, fragment, reference):
     """tests/data/report-trace.jsonl's report, screenshot in headless Chromium, against the
-    screenshot the single-file render.py made of it (tests/data/report-step*.png): top of the page
+    screenshot an earlier renderer made of it (tests/data/report-step*.png): top of the page
     with step 1, and the page opened at #step-2 (the step whose token texts are all escapes)."""
     assert CHROMIUM, "no chromium for the screenshot test (apt-get install chromium)"
     (report,) = render_trace(DATA / "report-trace.jsonl", tmp_path / "out", ["html"])

@@ -16,7 +16,7 @@ SHAPES = [
     dict(mode="tree", max_depth=4, max_nodes_per_level=6, max_total_nodes=20),
     dict(mode="tree", max_depth=6, max_nodes_per_level=24, max_total_nodes=96),
 ]
-# Batched and one-token evaluation use different kernels (FIELD.md section 3): where the target's
+# Batched and one-token evaluation use different kernels (docs/design.md, "llama.cpp mechanics"): where the target's
 # two best logits are closer than this, the batched verify may pick the other one, and that is
 # the only divergence from plain decoding we accept.
 NEAR_TIE = 1e-3

@@ -3,8 +3,8 @@
 All four are made from the one demo model (Gemma 3 270M). C and E use a *deep* copy of the F32
 target: 4x its layers, the added ones with zero output projections, so its text is exactly the
 target's while each call costs about twice as much (measured: Gemma's 262k-row output matrix,
-tied to the input table, is read whole on every call and outweighs the 18 blocks; FIELD.md
-section 8 expected 4-5x). C is a pair with a real pair's cost ratio (a cheap draft, a costly
+tied to the input table, is read whole on every call and outweighs the 18 blocks; the blocks
+alone would have made it 4-5x). C is a pair with a real pair's cost ratio (a cheap draft, a costly
 target: 5x the Q4_K_M draft, 11x its reduced copy); E a draft that costs more than the target,
 where no speculation pays and `tree` must keep up with `ar`.
 """

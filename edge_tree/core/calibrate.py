@@ -1,6 +1,6 @@
 """Measure what a llama_decode of n tokens costs on this machine, once per model file and setting.
 
-The adaptive policy sizes trees from these curves (FIELD.md section 5: on a 2-core CPU verifying
+The adaptive policy sizes trees from these curves (docs/design.md, "Measured costs": on a 2-core CPU verifying
 16 tokens costs 2.5 one-token passes with an F32 target, far less on a GPU). Results are cached
 in the user cache dir, keyed by file, size, mtime, threads and placement: the layers offloaded
 and the RPC hosts they run on (a pass over RPC pays the network's round trips, and the policy

@@ -1,7 +1,7 @@
 """Target logits over a draft tree -> the accepted path and one token from the target.
 
 Pure functions (tree + logits in, verdict out): no llama.cpp here. Three exact rules, one per
-way the tree was made (FIELD.md section 2):
+way the tree was made (docs/design.md, "Exact verification"):
 - greedy: descend while a child carries the target's argmax;
 - deterministic tree under sampling: draw x ~ p at each node, descend if a child carries x;
 - sampled tree (children drawn from q without replacement): multi-candidate rejection sampling.
