@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import click
@@ -98,7 +98,7 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, chat
         if stats_json:
             check_writable_file(stats_json, "--stats-json")
         engine = Engine(options=load_options, progress=True)
-        writer = TraceWriter(trace_dir, trace_sinks(trace_dir, formats)) if trace_dir else _nothing()
+        writer = TraceWriter(trace_dir, trace_sinks(trace_dir, formats)) if trace_dir else nullcontext()
         with engine, writer as trace:
             if chat:
                 prompt = ChatTemplate.of(engine.target_model).render(user_message(prompt))
@@ -124,11 +124,6 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, chat
 def _print_now(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _step_sink(trace, show_tree: bool):

@@ -99,3 +99,10 @@ def test_the_reader_finds_the_imports_it_must():
 def test_no_module_is_over_500_lines():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 500}
     assert not long, long
+
+
+def test_the_policy_plans_without_knowing_a_drafter():
+    """The policy plans shapes and drafters obey: what both read (GUESS_LEN) lives in plan.py."""
+    drafters = {"edge_tree.core.lookup", "edge_tree.core.model_drafter", "edge_tree.core.compose",
+                "edge_tree.core.drafting"}
+    assert not GRAPH["edge_tree.core.policy"] & drafters

@@ -16,8 +16,9 @@ only: no guesses there.
 from __future__ import annotations
 
 from .drafting import DraftRequest, Proposal, root_only
-from .lookup import GUESS_LEN, guess_tree, lookup
+from .lookup import guess_tree, lookup
 from .model_drafter import DraftModelDrafter
+from .plan import GUESS_LEN
 from .tree import NGRAM, TokenTree
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from .drafting import DraftRequest, Proposal, root_only
+from .plan import GUESS_LEN
 from .tree import NGRAM, TokenTree
 
 MAX_MATCH = 4  # longest suffix tried first: a longer match predicts better
 MIN_MATCH = 2
-GUESS_LEN = 10  # the longest guess a round uses
 
 
 def lookup(tokens: list[int], length: int, max_match: int = MAX_MATCH,

@@ -18,6 +18,7 @@ from ..llamacpp.vocab import check_vocab
 from ..errors import EdgeTreeError
 from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, cached_model_costs, host_cost_per_node
 from .compose import LookupGraftDrafter
+from .drafting import Drafter
 from .lookup import LookupDrafter
 from .model_drafter import DraftModelDrafter
 from .options import LoadOptions
@@ -155,7 +156,7 @@ class LoadedModels:
         most, beside the committed one."""
         return self.target_ctx.n_seq_max - 1
 
-    def drafter_for(self, mode: str, ngram: bool):
+    def drafter_for(self, mode: str, ngram: bool) -> Drafter | None:
         """The drafter of a mode: none for ar; tree grafts guesses onto the model's unless told not to."""
         if mode == "lookup":
             return self.lookup_drafter

@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # for annotations only: the plan needs neither at run time
     from .tree import TokenTree
     from .verify import Verdict
 
+GUESS_LEN = 10  # the longest guess (prompt lookup) a round uses: policy and drafters read it here
+
 
 @dataclass(frozen=True)
 class TreeShape:

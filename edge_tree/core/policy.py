@@ -9,8 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from .costs import CostModel
-from .lookup import GUESS_LEN
-from .plan import PLAIN, RoundOutcome, TreeShape, prob_bin
+from .plan import GUESS_LEN, PLAIN, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8

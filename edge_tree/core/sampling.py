@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -24,17 +23,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
-
-    def validate(self) -> "SamplingParams":
-        if self.temperature < 0:
-            raise UsageError("--temperature", f"must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise UsageError("--top-k", f"must be >= 0 (0 turns it off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UsageError("--top-p", f"must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise UsageError("--min-p", f"must be in [0, 1), got {self.min_p}")
-        return self
 
 
 def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
