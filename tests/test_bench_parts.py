@@ -7,6 +7,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from edge_tree import derived
 from edge_tree.bench import format_table
 from edge_tree.bench.modes import parse_modes
 from edge_tree.bench.pairs import resolve_pair
@@ -176,6 +177,7 @@ def fake_demo(tmp_path, monkeypatch):
     demo.mkdir(parents=True)
     for name in ("gemma-3-270m-f32.gguf", "gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_0.gguf"):
         (demo / name).write_bytes(b"x")
+        derived.record(demo / name, "a stand-in")  # made by this version: nothing rebuilds it
     return demo
 
 
@@ -185,6 +187,7 @@ def test_resolve_pair(fake_demo):
     assert resolve_pair("A") == (f32, q4km)
     assert resolve_pair("b") == (f32, q4_0)
     (fake_demo / "gemma-3-270m-f32-deep4.gguf").write_bytes(b"x")  # C and E: built on first use
+    derived.record(fake_demo / "gemma-3-270m-f32-deep4.gguf", "a stand-in")
     deep = str(fake_demo / "gemma-3-270m-f32-deep4.gguf")
     assert resolve_pair("C") == (deep, q4km)
     assert resolve_pair("E") == (f32, deep)

@@ -17,7 +17,7 @@ from edge_tree import files
 from edge_tree.llamacpp import demo, modelfile
 from edge_tree.errors import EdgeTreeError
 
-gguf = pytest.importorskip("gguf")
+import gguf  # a requirement: a missing one fails the module, it does not skip it
 
 
 # -- cache location -------------------------------------------------------------------------------
