@@ -197,7 +197,8 @@ def models_list(dirs):
                        f"{row['architecture'] or '?':10} {row['path']}")
         files = derived.listing()
         if files:
-            click.echo(f"\nderived files in {cache_dir()} ({_mib(files)} MiB; `edge-tree models prune` removes them):")
+            click.echo(f"\nderived files in {cache_dir()} ({_mib(files)} MiB; "
+                       "`edge-tree models prune` removes them):")
         for row in files:
             made = f"from {row['from']}" if row["from"] else "origin not recorded"
             stale = "" if row["current"] else f" [made by {row['by'] or 'an older version'}: unused]"

@@ -47,7 +47,7 @@ def main() -> None:
         for prompt in prompts:
             texts = {}
             for ahead in (False, True):
-                engine.models.overlap = ahead
+                engine.models.works_ahead = ahead
                 result = engine.generate(prompt, max_tokens=args.max_tokens, mode="tree")
                 stats, texts[ahead] = result.stats, result.tokens
                 totals[ahead][0] += stats["tokens"]

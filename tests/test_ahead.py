@@ -31,7 +31,7 @@ def always_busy(monkeypatch):
     def draft_first(ctx, batch, meanwhile):
         meanwhile(lambda: True)
         ctx.decode(batch)
-    monkeypatch.setattr(target_module, "decode_beside", draft_first)
+    monkeypatch.setattr(target_module, "decode_while_ahead", draft_first)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_rows_decoded_ahead_are_dropped_when_the_target_goes_elsewhere(engine):
 
 @pytest.mark.parametrize("mode", ["chain", "tree"])
 def test_greedy_output_with_the_draft_working_ahead_is_the_targets(engine, always_busy, mode):
-    engine.models.overlap = True
+    engine.models.works_ahead = True
     try:
         ready = 0
         for prompt in PROMPTS:
@@ -109,13 +109,13 @@ def test_greedy_output_with_the_draft_working_ahead_is_the_targets(engine, alway
             ready += result.stats["ready_rounds"]
         assert ready > 0
     finally:
-        engine.models.overlap = False
+        engine.models.works_ahead = False
 
 
 def test_an_identical_draft_starts_every_round_after_the_first_from_its_rows(tiny_target, tiny_draft_same,
                                                                             always_busy):
     with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=256, policy="fixed") as e:
-        e.models.overlap = True
+        e.models.works_ahead = True
         result = e.generate("The quick brown fox", max_tokens=40, mode="chain", max_depth=4)
         assert result.tokens == e.generate("The quick brown fox", max_tokens=40, mode="ar").tokens
     assert result.stats["ready_rounds"] == result.stats["rounds"] - 1
@@ -136,11 +136,11 @@ def third_and_fourth_tokens(engine: Engine, mode: str, seed0: int, ready: list) 
 
 def test_sampling_with_the_draft_working_ahead_keeps_the_target_distribution(engine, always_busy):
     ar_counts = third_and_fourth_tokens(engine, "ar", seed0=20_000, ready=[])
-    engine.models.overlap, ready = True, []
+    engine.models.works_ahead, ready = True, []
     try:
         tree_counts = third_and_fourth_tokens(engine, "tree", seed0=60_000, ready=ready)
     finally:
-        engine.models.overlap = False
+        engine.models.works_ahead = False
     assert sum(ready) > 300 and len(ar_counts) > 5
     assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
 
@@ -150,11 +150,11 @@ def test_the_draft_working_ahead_stays_within_the_context(engine, always_busy):
     decoded ahead; where they would not fit, it decodes fewer ahead, never a failing call."""
     prompt = "Once upon a time, there"
     reference = engine.generate(prompt, max_tokens=400, mode="ar", context_full="stop")
-    engine.models.overlap = True
+    engine.models.works_ahead = True
     try:
         result = engine.generate(prompt, max_tokens=400, mode="tree", context_full="stop")
     finally:
-        engine.models.overlap = False
+        engine.models.works_ahead = False
     assert reference.stop_reason == result.stop_reason == "context"
     assert_same_or_near_tie(engine, prompt, reference.tokens, result.tokens)
     assert result.stats["ready_rounds"] > 0

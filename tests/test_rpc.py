@@ -73,7 +73,7 @@ def test_greedy_text_over_two_rpc_hosts_equals_the_local_run(tiny_target, tiny_d
             result = engine.generate(PROMPT, max_tokens=24, mode=mode, max_depth=3)
             runs.append((result, engine.models.model_state))
             # the draft works during the target's passes only where they share no device
-            assert engine.models.overlap == bool(placement)
+            assert engine.models.works_ahead == bool(placement)
     (local, _), (remote, state) = runs
     assert remote.tokens == local.tokens and remote.text == local.text
     assert (remote.stats["drafted"] > 0) == (mode == "tree")

@@ -187,7 +187,7 @@ class _Run:
         drafted = time.perf_counter()
         tree = proposal.tree
         before_pass = models.decode_clocks()
-        logits_of = models.target.evaluate(tree, self._meanwhile(tree))
+        logits_of = models.target.evaluate(tree, self._work_ahead(tree))
         ahead_s = models.decode_clocks(since=before_pass)[1]  # the draft's, beside the pass
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,
                          target_probs=self.keep_steps or self.on_step is not None)
@@ -206,10 +206,10 @@ class _Run:
             self._record(outcome, len(tokens))
         return outcome
 
-    def _meanwhile(self, tree):
+    def _work_ahead(self, tree):
         """What the drafter does during the target's pass: where the two share no device, decode
         ahead for the next round (model_drafter.py); elsewhere nothing, the pass on this thread."""
-        if self.models.overlap and tree.n > 1:
+        if self.models.works_ahead and tree.n > 1:
             return partial(self.drafter.ahead, tree)
         return None
 

@@ -76,12 +76,12 @@ class LoadedModels:
             self.model_drafter = self._keep(DraftModelDrafter(
                 self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab,
                 reduced and reduced.output))
-        self.overlap = self._apart(options)  # the draft decodes ahead during the target's passes
+        self.works_ahead = self._can_work_ahead(options)  # the draft decodes during the target's passes
         self.lookup_drafter = LookupDrafter()
         self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
         self.policy = self._make_policy(options.policy)
 
-    def _apart(self, options: LoadOptions) -> bool:
+    def _can_work_ahead(self, options: LoadOptions) -> bool:
         """Whether the draft may work while the target's pass runs: only where they share no
         device, the target whole on RPC hosts and the draft not on them. On shared cores or one
         GPU the two would only slow each other."""

@@ -169,9 +169,10 @@ class GenOptions(_Checked):
                                               help="Hard cap on nodes per tree level.")
     max_total_nodes: int | None = _option(None, "--max-total-nodes", kind=int,
                                           check=tree_cap,
-                                          help=("Hard cap on drafted nodes per round, guesses included. A round never takes "
-                                                "more than the context's sequences less one: 63 on a CPU, "
-                                                "255 with layers on a GPU or RPC hosts."))
+                                          help=("Hard cap on drafted nodes per round, guesses included. "
+                                                "A round never takes more than the context's sequences "
+                                                "less one: 63 on a CPU, 255 with layers on a GPU or RPC "
+                                                "hosts."))
     max_time: float | None = _option(None, "--max-time", kind=float, check=positive,
                                      help="Stop cleanly after this many seconds.")
     context_full: str = _option("error", "--context-full", kind=str, check=one_of(*CONTEXT_FULL), help=(

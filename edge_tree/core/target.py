@@ -15,7 +15,7 @@ from ..llamacpp.llama import Batch, Context
 from .tree import TokenTree, branch_seq_ids
 
 
-def decode_beside(ctx: Context, batch: Batch, meanwhile: Callable[[Callable[[], bool]], None]) -> None:
+def decode_while_ahead(ctx: Context, batch: Batch, meanwhile: Callable[[Callable[[], bool]], None]) -> None:
     """ctx.decode(batch) on a thread of its own (ctypes lets go of the GIL inside llama.cpp) while
     meanwhile(busy) runs on this one; returns once both are done, raising what either raised."""
     raised: list[BaseException] = []
@@ -68,7 +68,7 @@ class TargetRunner:
         for i in range(tree.n):
             self.batch.add(int(tree.token[i]), self.n_cached + int(tree.depth[i]), self._seqs[i], True)
         if meanwhile:
-            decode_beside(self.ctx, self.batch, meanwhile)
+            decode_while_ahead(self.ctx, self.batch, meanwhile)
         else:
             self.ctx.decode(self.batch)
         return self.ctx.logits  # batch index == node index
