@@ -3,14 +3,43 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+
+def edge_tree_exe() -> str:
+    """The console script of the environment running the tests (a venv's bin need not be on PATH)."""
+    beside = Path(sys.executable).parent / "edge-tree"
+    exe = str(beside) if beside.exists() else shutil.which("edge-tree")
+    assert exe, "the edge-tree console script is not installed: pip install -e . first"
+    return exe
+
+
+def post(server, path, body, raw: bytes | None = None, headers: dict | None = None) -> httpx.Response:
+    content = raw if raw is not None else json.dumps(body).encode()
+    return httpx.post(server.base_url + path, content=content, timeout=60,
+                      headers={"Content-Type": "application/json", **(headers or {})})
+
+
+def assert_error(response, status, param=None):
+    """An OpenAI-shaped error with this status (and param), no traceback; returns the error."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert "Traceback" not in response.text
+    if param:
+        assert error["param"] == param, error
+    return error
+
 
 START_TIMEOUT_S = 300  # the models load first; a fresh cache derives the reduced draft (30 s alone)
 URL_LINE = re.compile(r"serving \S+ at (http://\S+)/v1")

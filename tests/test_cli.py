@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 from importlib.metadata import version
 
 import pytest
@@ -18,6 +15,7 @@ from click.testing import CliRunner
 import edge_tree
 from edge_tree.cli import main
 from edge_tree.core.engine import Engine
+from serving import edge_tree_exe
 
 THREADS = "1"  # a shared 2-core machine: more llama.cpp threads only contend
 STATS_KEYS = {"tokens", "wall_s", "tokens_per_s", "prompt_tokens", "rounds", "target_passes",
@@ -150,14 +148,6 @@ def test_help_shows_commands_and_generate_help_shows_examples():
 
 
 # -- what fails (a real process) -------------------------------------------------------------------
-
-def edge_tree_exe() -> str:
-    """The console script of the environment running the tests (a venv's bin need not be on PATH)."""
-    beside = Path(sys.executable).parent / "edge-tree"
-    exe = str(beside) if beside.exists() else shutil.which("edge-tree")
-    assert exe, "the edge-tree console script is not installed: pip install -e . first"
-    return exe
-
 
 def run(*args, input: bytes | None = None, env: dict | None = None, timeout: float = 300):
     return subprocess.run([edge_tree_exe(), *map(str, args)], input=input, capture_output=True,

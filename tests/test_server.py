@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from serving import ServerProcess
+from serving import ServerProcess, assert_error, post
 from test_cli import assert_one_line_error, edge_tree_exe, run
 from tinymodels import write_tiny_model
 
@@ -96,22 +96,6 @@ def generate_cli(load, env, prompt, *extra) -> str:
     proc = run("generate", *load, "-n", MAX_TOKENS, "--temperature", "0", *extra, prompt, env=env)
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()[:-1]  # generate ends the text with a newline
-
-
-def post(server, path, body, raw: bytes | None = None) -> httpx.Response:
-    content = raw if raw is not None else json.dumps(body).encode()
-    return httpx.post(server.base_url + path, content=content, timeout=60,
-                      headers={"Content-Type": "application/json"})
-
-
-def assert_error(response, status, param=None):
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    assert "Traceback" not in response.text
-    if param:
-        assert error["param"] == param, error
-    return error
 
 
 # -- the command ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ models. FastAPI and uvicorn load only when the server starts.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import click
@@ -16,12 +17,16 @@ from ..core.engine import Engine
 from ..core.options import LoadOptions, click_options
 from ..errors import EdgeTreeError, UsageError, user_errors
 
+DEFAULT_MAX_BODY = 8 * 2**20  # bytes: far above any context's worth of text, far below harm
+
 SERVE_EXAMPLES = """
 \b
 Examples:
   edge-tree serve                                   # the demo pair on http://127.0.0.1:8080/v1
   edge-tree serve -m qwen2.5-7b-instruct-q4_k_m.gguf -md qwen2.5-0.5b-instruct-q4_k_m.gguf -ngl 99 -ngld 99
-  curl http://127.0.0.1:8080/v1/completions -d '{"prompt": "The capital of France is", "max_tokens": 16}'
+  curl http://127.0.0.1:8080/v1/completions -H 'Content-Type: application/json' \
+       -d '{"prompt": "The capital of France is", "max_tokens": 16}'
+  EDGE_TREE_API_KEY=KEY edge-tree serve --host 0.0.0.0   # beyond loopback: clients send the key
 """
 
 
@@ -33,7 +38,11 @@ Examples:
               help="Write each request's steps to DIR/<request id>/trace.jsonl (and report.html).")
 @click.option("--queue", "queue_size", type=int, default=8, show_default=True,
               help="Requests that may wait while one generates; more are answered 429.")
-def serve(host, port, trace_dir, queue_size, **options):
+@click.option("--api-key", envvar="EDGE_TREE_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
+@click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,
+              help="Largest request body in bytes; a larger one is answered 413 before it is read.")
+def serve(host, port, trace_dir, queue_size, api_key, max_body, **options):
     """Serve the target (with its draft) over OpenAI's API: /v1/completions, /v1/chat/completions,
     /v1/models and /health, streaming or not, one generation at a time.
 
@@ -44,14 +53,26 @@ def serve(host, port, trace_dir, queue_size, **options):
     with user_errors():
         if queue_size < 0:
             raise UsageError("--queue", f"must be at least 0, got {queue_size}")
+        if max_body < 1:
+            raise UsageError("--max-body", f"must be at least 1, got {max_body}")
+        if api_key is not None and not api_key.strip():
+            raise UsageError("--api-key", "must not be empty")
         load_options = LoadOptions.from_mapping(options)
         if trace_dir:
             check_trace_dir(trace_dir)
         listener = _listen(host, port)  # before the models load: a taken port fails at once
+        if not api_key and not _loopback(listener):
+            click.echo(f"edge-tree: warning: listening on {host} without --api-key: anyone who can "
+                       "reach this address can use the server", err=True)
         with listener:
             from .runner import run
 
-            run(lambda: Engine(options=load_options, progress=True), listener, queue_size, trace_dir)
+            run(lambda: Engine(options=load_options, progress=True), listener, queue_size, trace_dir,
+                api_key, max_body)
+
+
+def _loopback(listener: socket.socket) -> bool:
+    return ipaddress.ip_address(listener.getsockname()[0]).is_loopback
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,6 +21,7 @@ from ..core.chat import ChatTemplate
 from ..core.engine import GenerationResult
 from ..errors import EdgeTreeError
 from . import wire
+from .guard import Guard
 from .worker import Closed, Job, QueueFull, Unavailable, Worker
 
 WATCH_S = 0.25  # how often a waiting request checks that its client is still there
@@ -36,8 +38,9 @@ class ClientGone(Exception):
     """The client closed its connection before its answer began."""
 
 
-def create_app(worker: Worker, model_id: str) -> FastAPI:
+def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int) -> FastAPI:
     app = FastAPI(title="edge-tree", version="1", openapi_url=None)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
     engine = worker.engine
     n_ctx = engine.target_ctx.n_ctx
     template = _template_or_error(engine.target_model)
@@ -67,9 +70,10 @@ def create_app(worker: Worker, model_id: str) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
+        draft = engine.draft_path and Path(engine.draft_path).stem  # names: paths stay on this machine
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
-                                            "owned_by": "edge-tree", "path": engine.target_path,
-                                            "draft": engine.draft_path, "context_length": n_ctx}]}
+                                            "owned_by": "edge-tree", "draft": draft,
+                                            "context_length": n_ctx}]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -23,13 +23,15 @@ def model_id(engine: Engine) -> str:
     return Path(engine.target_path).stem
 
 
-def run(load: Callable[[], Engine], listener: socket.socket, queue_size: int, trace_dir: str | None) -> None:
+def run(load: Callable[[], Engine], listener: socket.socket, queue_size: int, trace_dir: str | None,
+        api_key: str | None, max_body: int) -> None:
     """Load the engine on its worker's thread, then serve until a signal; then the running
     generation ends after its round, the waiting requests get 503, and this returns."""
     worker = Worker(load, queue_size, trace_dir)
     worker.start()
     engine = worker.engine
-    config = uvicorn.Config(create_app(worker, model_id(engine)), log_level="warning", lifespan="off")
+    app = create_app(worker, model_id(engine), api_key, max_body)
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = GracefulServer(config, worker)
     host, port = listener.getsockname()[:2]
     print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "

@@ -1,0 +1,73 @@
+"""What every request passes before a route sees it: the API key, the body's type and its size.
+
+An ASGI middleware around the app, so that a request refused here costs no JSON parsing and no
+read of a body larger than the limit: the key is checked from the headers, the size from
+Content-Length where the client sends one and, where it streams the body in chunks, as the
+chunks arrive (the route stops reading at the limit). Refusals are OpenAI-shaped errors (401, 413, 415), like every other.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.responses import JSONResponse
+
+from . import wire
+
+OPEN_PATHS = ("/health",)  # answered without the key: a load balancer's probe
+BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+
+
+class Guard:
+    def __init__(self, app, api_key: str | None, max_body: int):
+        self.app = app
+        self.key = f"Bearer {api_key}".encode() if api_key else None
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self._refusal(scope)
+        if refusal:
+            return await _reply(refusal, scope, receive, send)
+        if scope["method"].encode() not in BODY_METHODS:
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            # raised inside the route's read of the body: the app answers ApiError as it
+            # answers every other
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise self._too_large()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _refusal(self, scope) -> wire.ApiError | None:
+        headers = dict(scope["headers"])
+        if self.key and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.key):
+                return wire.ApiError(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'",
+                                     kind="invalid_request_error", code="invalid_api_key")
+        if scope["method"].encode() in BODY_METHODS:
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind != b"application/json":
+                return wire.ApiError(415, "the body must be JSON, sent with 'Content-Type: application/json'",
+                                     kind="invalid_request_error", code="unsupported_media_type")
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                return self._too_large()
+        return None
+
+    def _too_large(self) -> wire.ApiError:
+        return wire.ApiError(413, f"the body is larger than this server takes ({self.max_body} bytes)",
+                             kind="invalid_request_error", code="request_too_large")
+
+
+async def _reply(error: wire.ApiError, scope, receive, send) -> None:
+    response = JSONResponse(error.body(), error.status, headers=error.headers)
+    await response(scope, receive, send)

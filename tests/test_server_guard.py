@@ -1,0 +1,100 @@
+"""What every request passes before a route sees it (server/guard.py): the API key, a JSON body,
+a body-size limit; and what the server shows of its files."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import httpx
+import openai
+import pytest
+from click.testing import CliRunner
+
+from edge_tree import server as serve_command
+from edge_tree.cli import main
+from serving import ServerProcess, assert_error, edge_tree_exe, post
+
+KEY = "s3cret-key"
+LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory, tiny_target, tiny_draft_same):
+    env_cache = tmp_path_factory.mktemp("guard-cache")
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-md", tiny_draft_same, "-t", "1",
+                           "-c", "512", "--api-key", KEY, "--max-body", LIMIT,
+                           env={**os.environ, "XDG_CACHE_HOME": str(env_cache)})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def with_key(key: str = KEY) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_route_but_health_wants_the_key(guarded):
+    assert httpx.get(guarded.url + "/health", timeout=10).status_code == 200
+    for headers in ({}, with_key("wrong"), {"Authorization": KEY}):
+        assert_error(httpx.get(guarded.base_url + "/models", headers=headers, timeout=10), 401)
+        assert_error(post(guarded, "/completions", {"prompt": "hi", "max_tokens": 2}, headers=headers), 401)
+    assert httpx.get(guarded.base_url + "/models", headers=with_key(), timeout=10).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=guarded.base_url, api_key="wrong", max_retries=0).models.list()
+    api = openai.OpenAI(base_url=guarded.base_url, api_key=KEY, max_retries=0, timeout=120)
+    reply = api.completions.create(model=api.models.list().data[0].id, prompt="hello", max_tokens=4)
+    assert reply.usage.completion_tokens == 4
+
+
+def test_a_body_must_be_json_by_its_content_type(guarded):
+    body = b'{"prompt": "hi", "max_tokens": 2}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        response = httpx.post(guarded.base_url + "/completions", content=body, timeout=30,
+                              headers={**with_key(), "Content-Type": kind})
+        assert_error(response, 415)
+    response = httpx.post(guarded.base_url + "/completions", content=body, timeout=30,
+                          headers={**with_key(), "Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 200, response.text
+
+
+def test_a_body_over_the_limit_is_413_whether_its_length_is_told_or_not(guarded):
+    big = b'{"prompt": "' + b"x" * LIMIT + b'", "max_tokens": 2}'
+    assert_error(post(guarded, "/completions", None, raw=big, headers=with_key()), 413)
+
+    def chunks():  # no Content-Length: the server counts as it reads
+        for start in range(0, len(big), 512):
+            yield big[start:start + 512]
+
+    response = httpx.post(guarded.base_url + "/completions", content=chunks(), timeout=30,
+                          headers={**with_key(), "Content-Type": "application/json"})
+    assert_error(response, 413)
+    fits = post(guarded, "/completions", {"prompt": "hello", "max_tokens": 2}, headers=with_key())
+    assert fits.status_code == 200, fits.text  # the server goes on
+
+
+def test_models_names_the_files_without_their_paths(guarded, tiny_target, tiny_draft_same):
+    model = httpx.get(guarded.base_url + "/models", headers=with_key(), timeout=10).json()["data"][0]
+    assert model["id"] == tiny_target.stem and model["draft"] == tiny_draft_same.stem
+    assert str(tiny_target.parent) not in str(model)
+
+
+def test_a_server_beyond_loopback_without_a_key_is_warned_about(monkeypatch, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        assert serve_command._loopback(listener)
+    monkeypatch.setattr(serve_command, "_loopback", lambda listener: False)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "-m", str(tmp_path / "absent.gguf")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("edge-tree: warning: listening on 127.0.0.1 without --api-key")
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--api-key", "k",
+                                       "-m", str(tmp_path / "absent.gguf")])
+    assert "warning" not in result.stderr
+
+
+@pytest.mark.parametrize("args, option", [(["--max-body", "0"], "--max-body"),
+                                          (["--api-key", " "], "--api-key")])
+def test_bad_guard_options_are_one_line(args, option, tmp_path):
+    result = CliRunner().invoke(main, ["serve", *args, "-m", str(tmp_path / "absent.gguf")])
+    assert result.exit_code == 2 and result.stderr.startswith(f"edge-tree: error: {option}:")
+    assert len(result.stderr.strip().splitlines()) == 1
