@@ -8,11 +8,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,6 +41,16 @@ def assert_error(response, status, param=None):
     if param:
         assert error["param"] == param, error
     return error
+
+
+def raw_request(server, body: dict, headers: bytes = b"") -> socket.socket:
+    """A request sent on a socket that is never read: closing it is a client leaving."""
+    url = urlsplit(server.url)
+    data = json.dumps(body).encode()
+    sock = socket.create_connection((url.hostname, url.port), timeout=30)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"%sContent-Length: %d\r\n\r\n%s" % (headers, len(data), data))
+    return sock
 
 
 START_TIMEOUT_S = 300  # the models load first; a fresh cache derives the reduced draft (30 s alone)

@@ -12,13 +12,12 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 
-from serving import ServerProcess, assert_error, post
+from serving import ServerProcess, assert_error, post, raw_request
 from test_cli import assert_one_line_error, edge_tree_exe, run
 from tinymodels import write_tiny_model
 
@@ -315,16 +314,6 @@ def test_eight_streaming_clients_get_their_own_replies(family):
     for prompt in PROMPTS:
         assert replies[prompt] == [alone[prompt]] * 3
     assert server.health()["rejected"] == 0
-
-
-def raw_request(server, body: dict) -> socket.socket:
-    """A request sent on a socket that is never read: closing it is a client leaving."""
-    url = urlsplit(server.url)
-    data = json.dumps(body).encode()
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-    return sock
 
 
 def test_a_full_queue_is_answered_429_with_retry_after(plain):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge_tree import server as serve_command
 from edge_tree.cli import main
-from serving import ServerProcess, assert_error, edge_tree_exe, post
+from serving import ServerProcess, assert_error, edge_tree_exe, post, raw_request
 
 KEY = "s3cret-key"
 LIMIT = 4096
@@ -98,3 +98,42 @@ def test_bad_guard_options_are_one_line(args, option, tmp_path):
     result = CliRunner().invoke(main, ["serve", *args, "-m", str(tmp_path / "absent.gguf")])
     assert result.exit_code == 2 and result.stderr.startswith(f"edge-tree: error: {option}:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- a server with no waiting room, whose traces cannot be written --------------------------------
+
+SLOW = 8000  # tokens: seconds of work for a tiny model, so a request is still running when we act
+
+
+@pytest.fixture(scope="module")
+def roomless(tmp_path_factory, tiny_target):
+    folder = tmp_path_factory.mktemp("roomless")
+    traces = folder / "traces"
+    traces.mkdir()
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", "1", "-c", SLOW + 192, "--queue", "0",
+                           "--trace-dir", traces, env={**os.environ, "XDG_CACHE_HOME": str(folder / "cache")})
+    traces.rmdir()
+    traces.write_text("a file where the trace folder was")  # every trace write now fails
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_queue_0_serves_a_request_when_the_engine_is_free_and_refuses_one_when_not(roomless):
+    assert post(roomless, "/completions", {"prompt": "hi", "max_tokens": 4}).status_code == 200
+    running = raw_request(roomless, {"prompt": "hello", "max_tokens": SLOW})
+    try:
+        roomless.wait_health(lambda h: h["running"] == 1)
+        assert_error(post(roomless, "/completions", {"prompt": "hi", "max_tokens": 4}), 429)
+    finally:
+        running.close()
+    roomless.wait_health(lambda h: h["running"] == 0)
+    assert post(roomless, "/completions", {"prompt": "hi", "max_tokens": 4}).status_code == 200
+
+
+def test_a_trace_that_cannot_be_written_is_logged_and_the_answer_still_goes_out(roomless):
+    reply = post(roomless, "/completions", {"prompt": "hello", "max_tokens": 6})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 6
+    assert "edge-tree: trace of " in roomless.stderr and "not written" in roomless.stderr

@@ -37,7 +37,8 @@ Examples:
 @click.option("--trace-dir", type=click.Path(file_okay=False),
               help="Write each request's steps to DIR/<request id>/trace.jsonl (and report.html).")
 @click.option("--queue", "queue_size", type=int, default=8, show_default=True,
-              help="Requests that may wait while one generates; more are answered 429.")
+              help="Requests that may wait while one generates; more are answered 429 (0: none "
+                   "wait, a request is served only when the engine is free).")
 @click.option("--api-key", envvar="EDGE_TREE_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
 @click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable
 
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
-from ..errors import TargetLost
+from ..errors import EdgeTreeError, TargetLost
 
 
 class QueueFull(Exception):
@@ -115,7 +116,8 @@ class Worker:
                 raise Closed
             if self.lost:
                 raise Unavailable(self.lost)
-            if len(self._waiting) >= self.queue_size:
+            idle = self.running is None and not self._waiting  # the job starts at once
+            if not idle and len(self._waiting) >= self.queue_size:
                 self.counters.rejected += 1
                 raise QueueFull
             self._waiting.append(job)
@@ -180,7 +182,8 @@ class Worker:
 
 
 def generate_traced(engine: Engine, job: Job, trace_dir: str | None, **callbacks) -> GenerationResult:
-    """engine.generate, writing trace_dir/<request id>/ (trace.jsonl, report.html) when asked."""
+    """engine.generate, writing trace_dir/<request id>/ (trace.jsonl, report.html) when asked. A
+    trace that cannot be written is said once in the server's log and dropped: the answer goes out."""
     if trace_dir is None:
         return engine.generate(job.prompt, job.options, **callbacks)
     from ..core.steps import trace_header
@@ -188,8 +191,34 @@ def generate_traced(engine: Engine, job: Job, trace_dir: str | None, **callbacks
     from ..viz.outputs import trace_sinks
 
     folder = Path(trace_dir) / job.request_id
-    with TraceWriter(folder, trace_sinks(folder, ["jsonl"])) as trace:
-        trace.write_header(trace_header(engine, job.options, job.prompt) | {"request_id": job.request_id})
-        result = engine.generate(job.prompt, job.options, on_step=trace.write_step, **callbacks)
-        trace.write_summary({"stats": result.stats, "text": result.text})
+    trace = TraceWriter(folder, trace_sinks(folder, ["jsonl"]))
+    header = trace_header(engine, job.options, job.prompt) | {"request_id": job.request_id}
+    writes = _TraceWrites(trace, job.request_id)
+    writes.run(trace.write_header, header)
+    try:
+        result = engine.generate(job.prompt, job.options,
+                                 on_step=lambda step: writes.run(trace.write_step, step), **callbacks)
+        writes.run(trace.write_summary, {"stats": result.stats, "text": result.text})
+    finally:
+        writes.run(trace.close)
     return result
+
+
+class _TraceWrites:
+    """A request's trace writes until one fails: that one is logged, the rest are skipped."""
+
+    def __init__(self, trace, request_id: str):
+        self.trace, self.request_id, self.failed = trace, request_id, False
+
+    def run(self, write, *args) -> None:
+        if self.failed:
+            return
+        try:
+            write(*args)
+        except (OSError, EdgeTreeError, ValueError) as e:
+            self.failed = True
+            print(f"edge-tree: trace of {self.request_id} not written: {e}", file=sys.stderr, flush=True)
+            try:
+                self.trace.close()
+            except (OSError, EdgeTreeError, ValueError):
+                pass
