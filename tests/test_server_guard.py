@@ -137,3 +137,10 @@ def test_a_trace_that_cannot_be_written_is_logged_and_the_answer_still_goes_out(
     assert reply.status_code == 200, reply.text
     assert reply.json()["usage"]["completion_tokens"] == 6
     assert "edge-tree: trace of " in roomless.stderr and "not written" in roomless.stderr
+
+
+def test_messages_name_the_body_fields_not_the_command_line_flags(guarded):
+    response = post(guarded, "/completions", {"prompt": "hi", "max_tokens": 10**6}, headers=with_key())
+    error = assert_error(response, 400, "max_tokens")
+    assert "--max-tokens" not in error["message"] and "max_tokens" in error["message"]
+    assert "--context-full" not in error["message"]

@@ -50,6 +50,11 @@ def tree_cap(value) -> str | None:
     return None
 
 
+def seed_range(value) -> str | None:
+    """A seed as llama.cpp takes one: an unsigned 32-bit integer."""
+    return None if 0 <= value < 2**32 else f"must be in 0..{2**32 - 1}, got {value}"
+
+
 def positive(value) -> str | None:
     return None if value > 0 else f"must be > 0, got {value}"
 
@@ -160,8 +165,8 @@ class GenOptions(_Checked):
                            help="Nucleus sampling; 1 turns it off.")
     min_p: float = _option(0.0, "--min-p", kind=float, check=_min_p,
                            help="Drop tokens below min-p times the top probability; 0 turns it off.")
-    seed: int | None = _option(None, "-s", "--seed", kind=int,
-                               help="Seed for sampling: the same seed gives the same text.")
+    seed: int | None = _option(None, "-s", "--seed", kind=int, check=seed_range,
+                               help="Seed for sampling (0 to 2**32-1): the same seed gives the same text.")
     max_depth: int | None = _option(None, "--max-depth", kind=int, check=tree_cap,
                                     help="Hard cap on tree depth (drafted tokens per branch).")
     max_nodes_per_level: int | None = _option(None, "--max-nodes-per-level", kind=int,

@@ -3,7 +3,8 @@
 An ASGI middleware around the app, so that a request refused here costs no JSON parsing and no
 read of a body larger than the limit: the key is checked from the headers, the size from
 Content-Length where the client sends one and, where it streams the body in chunks, as the
-chunks arrive (the route stops reading at the limit). Refusals are OpenAI-shaped errors (401, 413, 415), like every other.
+chunks arrive (the route stops reading at the limit). Refusals are OpenAI-shaped errors (401,
+413, 415), like every other.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class Guard:
         if self.key and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):
-                return wire.ApiError(401, "a valid API key is required: send it as 'Authorization: Bearer KEY'",
+                return wire.ApiError(401, "a valid API key is required: send it as "
+                                          "'Authorization: Bearer KEY'",
                                      kind="invalid_request_error", code="invalid_api_key")
         if scope["method"].encode() in BODY_METHODS:
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()

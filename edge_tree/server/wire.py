@@ -5,6 +5,7 @@ a completion (or chat completion) and its streamed chunks, and errors in OpenAI'
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, fields
@@ -17,9 +18,17 @@ from ..errors import EdgeTreeError, InputError, TargetLost, UsageError
 # OpenAI fields asking for what edge-tree does not do: accepted only at the value that asks for nothing
 NEUTRAL = {"n": (1,), "best_of": (1,), "echo": (False,), "logprobs": (False, 0), "top_logprobs": (0,),
            "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},), "suffix": ("",),
-           "tools": ([],), "functions": ([],), "response_format": ({"type": "text"},)}
+           "tools": ([],), "functions": ([],), "response_format": ({"type": "text"},),
+           # without tools (refused above unless empty) these ask for nothing at these values
+           "tool_choice": ("none", "auto"), "function_call": ("none", "auto"),
+           "parallel_tool_calls": (True, False)}
 # OpenAI fields that change nothing about the reply
-IGNORED = {"user", "metadata", "store", "service_tier", "tool_choice", "parallel_tool_calls", "function_call"}
+IGNORED = {"user", "metadata", "store", "service_tier"}
+ROLES = ("system", "developer", "user", "assistant")  # no tool role: tools are not supported
+MESSAGE_FIELDS = {"role", "content"}
+STREAM_OPTIONS = {"include_usage"}
+MAX_DEPTH = 32  # JSON nesting a request may have: OpenAI's shapes need 4
+SURROGATE = re.compile("[\ud800-\udfff]")
 OWN = {"model", "stream", "stream_options", "max_completion_tokens"}  # read here, not generation options
 GEN_FIELDS = {f.name for f in fields(GenOptions)}
 
@@ -63,10 +72,21 @@ def error_from(error: Exception, chat: bool) -> ApiError:
         return ApiError(502, str(error), kind="server_error", code="rpc_host_failed")
     if isinstance(error, InputError):
         param = "messages" if chat and error.field == "prompt" else error.field
-        return ApiError(400, str(error), param=param, code=error.code)
+        return ApiError(400, _in_field_names(str(error)), param=param, code=error.code)
     if isinstance(error, EdgeTreeError):
         return server_error(str(error))
     return server_error(f"internal error: {type(error).__name__}: {error}")
+
+
+# a generation option's command-line flag -> its JSON field, for messages an HTTP client reads
+FIELD_OF_FLAG = {flag: f.name for f in fields(GenOptions) for spelling in f.metadata.get("flags", ())
+                 for flag in spelling.split("/") if flag.startswith("--")}
+_FLAG = re.compile(r"--[a-z][a-z-]*")
+
+
+def _in_field_names(message: str) -> str:
+    """The engine's words, with generation options named as the body names them."""
+    return _FLAG.sub(lambda m: FIELD_OF_FLAG.get(m.group(0), m.group(0)), message)
 
 
 @dataclass
@@ -99,8 +119,11 @@ def parse(raw: bytes, chat: bool, model_id: str, n_ctx: int) -> Call:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, f"the body nests deeper than {MAX_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
+    _check_values(body, "", 0)
     body = {k: v for k, v in body.items() if v is not None}  # null means "not given"
     text_field = "messages" if chat else "prompt"
     _check_fields(body, text_field)
@@ -112,11 +135,33 @@ def parse(raw: bytes, chat: bool, model_id: str, n_ctx: int) -> Call:
     stream_options = _typed(body, "stream_options", dict, {})
     if stream_options and not stream:
         raise ApiError(400, "stream_options: only allowed when stream is true", param="stream_options")
+    unknown = sorted(set(stream_options) - STREAM_OPTIONS)
+    if unknown:
+        raise ApiError(400, f"stream_options: unrecognized field {unknown[0]!r}", param="stream_options",
+                       code="unknown_field")
     include_usage = _typed(stream_options, "include_usage", bool, False, "stream_options.include_usage")
     text = _messages(body.get("messages")) if chat else _prompt(body.get("prompt"))
     return Call(chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", model_id,
                 _options(body, n_ctx), None if chat else text, text if chat else None,
                 stream, include_usage, int(time.time()))
+
+
+def _check_values(value, where: str, depth: int) -> None:
+    """No deeper nesting than MAX_DEPTH, and no lone UTF-16 surrogate in a string (JSON's \\ud800
+    escapes decode to text that no tokenizer can encode): a 400 naming the field."""
+    if depth > MAX_DEPTH:
+        raise ApiError(400, f"the body nests deeper than {MAX_DEPTH} levels", param=where or None)
+    if isinstance(value, str):
+        if SURROGATE.search(value):
+            raise ApiError(400, f"{where}: holds a lone UTF-16 surrogate, which is not text",
+                           param=where.split(".")[0].split("[")[0])
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, where or "body", depth + 1)
+            _check_values(item, f"{where}.{key}" if where else key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_values(item, f"{where}[{i}]", depth + 1)
 
 
 def _check_fields(body: dict, text_field: str) -> None:
@@ -154,6 +199,14 @@ def _message(message, i: int) -> dict:
     where = f"messages[{i}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise ApiError(400, f"{where}: must be an object with a string role", param="messages")
+    if message["role"] not in ROLES:
+        raise ApiError(400, f"{where}.role: must be one of {', '.join(ROLES)}, got {_short(message['role'])}",
+                       param="messages", code="unsupported_value")
+    unknown = sorted(set(message) - MESSAGE_FIELDS)
+    if unknown:
+        raise ApiError(400, f"{where}: unsupported field {unknown[0]!r} (edge-tree serves text "
+                            "messages only)",
+                       param="messages", code="unknown_field")
     content = message.get("content") or ""
     if isinstance(content, list):  # content parts: text only
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
