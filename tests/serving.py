@@ -48,8 +48,8 @@ def raw_request(server, body: dict, headers: bytes = b"") -> socket.socket:
     url = urlsplit(server.url)
     data = json.dumps(body).encode()
     sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"%sContent-Length: %d\r\n\r\n%s" % (headers, len(data), data))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"%sContent-Length: %d\r\n\r\n%s" % (url.netloc.encode(), headers, len(data), data))
     return sock
 
 

@@ -144,3 +144,37 @@ def test_messages_name_the_body_fields_not_the_command_line_flags(guarded):
     error = assert_error(response, 400, "max_tokens")
     assert "--max-tokens" not in error["message"] and "max_tokens" in error["message"]
     assert "--context-full" not in error["message"]
+
+
+def test_a_loopback_server_answers_only_requests_that_name_a_loopback_host(guarded):
+    """DNS rebinding: a page whose name points at 127.0.0.1 sends its own name as Host."""
+    port = guarded.url.rsplit(":", 1)[1]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        response = httpx.get(guarded.base_url + "/models", headers={**with_key(), "Host": host}, timeout=10)
+        assert_error(response, 403)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        response = httpx.get(guarded.base_url + "/models", headers={**with_key(), "Host": host}, timeout=10)
+        assert response.status_code == 200, (host, response.text)
+
+
+def test_no_cors_headers_unless_an_origin_is_named(guarded, tmp_path_factory, tiny_target):
+    origin = {"Origin": "http://localhost:3000"}
+    response = httpx.get(guarded.base_url + "/models", headers={**with_key(), **origin}, timeout=10)
+    assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+    folder = tmp_path_factory.mktemp("cors")
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", "1", "-c", "256", "--api-key", KEY,
+                           "--cors-origin", "http://localhost:3000",
+                           env={**os.environ, "XDG_CACHE_HOME": str(folder)})
+    try:
+        preflight = httpx.options(server.base_url + "/completions", timeout=10, headers={
+            **origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+        reply = post(server, "/completions", {"prompt": "hi", "max_tokens": 2}, headers={**with_key(), **origin})
+        assert reply.status_code == 200 and reply.headers["access-control-allow-origin"] == origin["Origin"]
+        other = httpx.get(server.base_url + "/models", timeout=10,
+                          headers={**with_key(), "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        server.stop()

@@ -43,7 +43,10 @@ Examples:
               help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
 @click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,
               help="Largest request body in bytes; a larger one is answered 413 before it is read.")
-def serve(host, port, trace_dir, queue_size, api_key, max_body, **options):
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server from a "
+                   "browser; repeat for more. None by default.")
+def serve(host, port, trace_dir, queue_size, api_key, max_body, cors_origins, **options):
     """Serve the target (with its draft) over OpenAI's API: /v1/completions, /v1/chat/completions,
     /v1/models and /health, streaming or not, one generation at a time.
 
@@ -62,14 +65,15 @@ def serve(host, port, trace_dir, queue_size, api_key, max_body, **options):
         if trace_dir:
             check_trace_dir(trace_dir)
         listener = _listen(host, port)  # before the models load: a taken port fails at once
-        if not api_key and not _loopback(listener):
+        loopback = _loopback(listener)
+        if not api_key and not loopback:
             click.echo(f"edge-tree: warning: listening on {host} without --api-key: anyone who can "
                        "reach this address can use the server", err=True)
         with listener:
             from .runner import run
 
             run(lambda: Engine(options=load_options, progress=True), listener, queue_size, trace_dir,
-                api_key, max_body)
+                api_key, max_body, loopback, cors_origins)
 
 
 def _loopback(listener: socket.socket) -> bool:

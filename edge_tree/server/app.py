@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
@@ -38,9 +39,13 @@ class ClientGone(Exception):
     """The client closed its connection before its answer began."""
 
 
-def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int) -> FastAPI:
+def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int, loopback_only: bool,
+               cors_origins: tuple[str, ...]) -> FastAPI:
     app = FastAPI(title="edge-tree", version="1", openapi_url=None)
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, loopback_only=loopback_only)
+    if cors_origins:  # outside the guard: a browser's preflight carries no key
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     engine = worker.engine
     n_ctx = engine.target_ctx.n_ctx
     template = _template_or_error(engine.target_model)

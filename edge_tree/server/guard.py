@@ -1,10 +1,12 @@
-"""What every request passes before a route sees it: the API key, the body's type and its size.
+"""What every request passes before a route sees it: the Host it names, the API key, the body's
+type and its size.
 
 An ASGI middleware around the app, so that a request refused here costs no JSON parsing and no
 read of a body larger than the limit: the key is checked from the headers, the size from
 Content-Length where the client sends one and, where it streams the body in chunks, as the
-chunks arrive (the route stops reading at the limit). Refusals are OpenAI-shaped errors (401,
-413, 415), like every other.
+chunks arrive (the route stops reading at the limit). A server bound to loopback answers only
+requests that name a loopback Host: a web page whose name an attacker points at 127.0.0.1 (DNS
+rebinding) names its own. Refusals are OpenAI-shaped errors (401, 403, 413, 415), like every other.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ OPEN_PATHS = ("/health",)  # answered without the key: a load balancer's probe
 BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 
 
+LOOPBACK_NAMES = (b"localhost", b"127.0.0.1", b"::1")
+
+
 class Guard:
-    def __init__(self, app, api_key: str | None, max_body: int):
+    def __init__(self, app, api_key: str | None, max_body: int, loopback_only: bool):
         self.app = app
         self.key = f"Bearer {api_key}".encode() if api_key else None
         self.max_body = max_body
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -49,6 +55,9 @@ class Guard:
 
     def _refusal(self, scope) -> wire.ApiError | None:
         headers = dict(scope["headers"])
+        if self.loopback_only and _host_name(headers.get(b"host", b"")) not in LOOPBACK_NAMES:
+            return wire.ApiError(403, "this server answers requests to localhost only (the Host header "
+                                      "names another)", kind="invalid_request_error", code="invalid_host")
         if self.key and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):
@@ -68,6 +77,14 @@ class Guard:
     def _too_large(self) -> wire.ApiError:
         return wire.ApiError(413, f"the body is larger than this server takes ({self.max_body} bytes)",
                              kind="invalid_request_error", code="request_too_large")
+
+
+def _host_name(host: bytes) -> bytes:
+    """b"localhost:8080" -> b"localhost", b"[::1]:8080" -> b"::1"."""
+    host = host.strip().lower()
+    if host.startswith(b"["):
+        return host[1:host.find(b"]")]
+    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
 
 
 async def _reply(error: wire.ApiError, scope, receive, send) -> None:

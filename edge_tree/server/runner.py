@@ -24,13 +24,13 @@ def model_id(engine: Engine) -> str:
 
 
 def run(load: Callable[[], Engine], listener: socket.socket, queue_size: int, trace_dir: str | None,
-        api_key: str | None, max_body: int) -> None:
+        api_key: str | None, max_body: int, loopback: bool, cors_origins: tuple[str, ...]) -> None:
     """Load the engine on its worker's thread, then serve until a signal; then the running
     generation ends after its round, the waiting requests get 503, and this returns."""
     worker = Worker(load, queue_size, trace_dir)
     worker.start()
     engine = worker.engine
-    app = create_app(worker, model_id(engine), api_key, max_body)
+    app = create_app(worker, model_id(engine), api_key, max_body, loopback, cors_origins)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = GracefulServer(config, worker)
     host, port = listener.getsockname()[:2]
