@@ -80,18 +80,20 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
                                             "owned_by": "edge-tree", "draft": draft,
                                             "context_length": n_ctx}]}
 
+    # parsing a body of megabytes and rendering a template run on threads: the event loop goes
+    # on answering /health, the queue's other clients and streams meanwhile
     @app.post("/v1/completions")
     async def completions(request: Request):
-        call = wire.parse(await request.body(), False, model_id, n_ctx)
+        call = await asyncio.to_thread(wire.parse, await request.body(), False, model_id, n_ctx)
         return await answer(request, call, call.prompt)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        call = wire.parse(await request.body(), True, model_id, n_ctx)
+        call = await asyncio.to_thread(wire.parse, await request.body(), True, model_id, n_ctx)
         if isinstance(template, EdgeTreeError):
             raise wire.error_from(template, chat=True)
         try:
-            prompt = template.render(call.messages)
+            prompt = await asyncio.to_thread(template.render, call.messages)
         except EdgeTreeError as e:
             raise wire.error_from(e, chat=True) from None
         return await answer(request, call, prompt)
