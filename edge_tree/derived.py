@@ -67,14 +67,19 @@ def record(path: Path, source: str | Path) -> None:
     _write(records)
 
 
-def is_current(path: Path) -> bool:
-    """Whether `path` exists, whole, made by this version (a file without a record is not)."""
+def is_current(*paths: Path) -> bool:
+    """Whether every path exists, whole, made by this version (a file without a record is not).
+    One read of the manifest for all of them: the demo pair asks on every generation."""
+    records = _read()
+    return all(_made_here(Path(p), records.get(_key(p))) for p in paths)
+
+
+def _made_here(path: Path, entry: dict | None) -> bool:
     try:
-        if Path(path).stat().st_size == 0:
+        if path.stat().st_size == 0:
             return False
     except OSError:
         return False
-    entry = _read().get(_key(path))
     return bool(entry) and entry.get("by") == made_by()
 
 

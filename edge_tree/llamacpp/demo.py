@@ -74,7 +74,7 @@ def demo_paths() -> DemoPair:
 def ensure_demo(progress: bool = True) -> DemoPair:
     """The demo pair, prepared first where a file is missing or another version made it."""
     pair = demo_paths()
-    if all(derived.is_current(p) for p in pair.files()):
+    if derived.is_current(*pair.files()):
         derived.mark_used(*pair.files())
         return pair
     return prepare_demo(progress=progress)

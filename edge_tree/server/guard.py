@@ -18,9 +18,7 @@ from starlette.responses import JSONResponse
 from . import wire
 
 OPEN_PATHS = ("/health",)  # answered without the key: a load balancer's probe
-BODY_METHODS = (b"POST", b"PUT", b"PATCH")
-
-
+BODY_METHODS = ("POST", "PUT", "PATCH")
 LOOPBACK_NAMES = (b"localhost", b"127.0.0.1", b"::1")
 
 
@@ -37,7 +35,7 @@ class Guard:
         refusal = self._refusal(scope)
         if refusal:
             return await _reply(refusal, scope, receive, send)
-        if scope["method"].encode() not in BODY_METHODS:
+        if scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
         seen = 0
 
@@ -64,7 +62,7 @@ class Guard:
                 return wire.ApiError(401, "a valid API key is required: send it as "
                                           "'Authorization: Bearer KEY'",
                                      kind="invalid_request_error", code="invalid_api_key")
-        if scope["method"].encode() in BODY_METHODS:
+        if scope["method"] in BODY_METHODS:
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if kind != b"application/json":
                 return wire.ApiError(415, "the body must be JSON, sent with 'Content-Type: application/json'",
