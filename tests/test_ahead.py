@@ -21,7 +21,7 @@ from edge_tree.core.sampling import SamplingParams
 from edge_tree.core.verify import Verdict
 from test_draft_vocab import K, full_logits
 from test_lossless_sampling import SETTINGS, SIGNIFICANCE, p_value
-from test_speculative import PROMPTS, assert_same_or_near_tie
+from neartie import PROMPTS, assert_same_or_near_tie
 
 CHAIN = TreeShape(max_depth=3, max_nodes_per_level=2, max_total_nodes=6, branch=2, expand=1)
 

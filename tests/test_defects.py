@@ -20,6 +20,7 @@ from edge_tree.core.policy import AdaptivePolicy
 from edge_tree.core.sampling import SamplingParams, distribution
 from edge_tree.errors import UsageError
 from edge_tree.llamacpp import draft_vocab, llama
+from edge_tree.llamacpp.share import Share
 
 REPEATING = "one two three four five six seven eight nine ten one two three four five six seven eight"
 
@@ -83,7 +84,7 @@ def _recording(propose, sizes):
 def test_the_drafter_has_no_default_of_its_own_and_engines_check_children(tiny_target, tiny_draft_other):
     with llama.Model(tiny_draft_other) as model, llama.Context(model, 64, 4, threads=1) as ctx:
         with pytest.raises(TypeError):
-            DraftModelDrafter(ctx)  # the one default lives in LoadOptions
+            DraftModelDrafter(Share(ctx))  # the one default lives in LoadOptions
     with pytest.raises(UsageError, match="--draft-children"):
         Engine(str(tiny_target), str(tiny_draft_other), draft_children="best")
     from edge_tree.cli import generate

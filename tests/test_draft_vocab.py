@@ -15,7 +15,7 @@ from edge_tree.core import models
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
 from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
-from test_speculative import PROMPTS, assert_same_or_near_tie
+from neartie import PROMPTS, assert_same_or_near_tie
 
 K = 96  # of the tiny models' 512 tokens
 

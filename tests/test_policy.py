@@ -9,8 +9,8 @@ import pytest
 
 from edge_tree.core.costs import CostModel
 from edge_tree.core.policy import (AdaptivePolicy, Caps, RankAcceptance, best_shape, chain_shape,
-                                   grow_levels, round_rate, shape_rate)
-from edge_tree.core.plan import RoundOutcome, TreeShape
+                                   grow_levels, round_rate, shape_rate, shape_share)
+from edge_tree.core.plan import Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
 
@@ -243,3 +243,52 @@ def test_the_shape_search_with_running_sums_finds_the_best_rate_the_plain_sums_g
                    for _, accepted, nodes, calls, _ in grow_levels(branch, expand, min(64, branch * expand),
                                                                    caps.max_total_nodes, 24, pi))
         assert shape_rate(best_shape(caps, pi, cost), pi, cost) == pytest.approx(best, rel=1e-9)
+
+
+# -- a shared round (serve --parallel): the plan maximises all generations' tokens per second ----
+
+def crowd(pi: np.ndarray, cost: CostModel, runs: int) -> "Beside":
+    """`runs` other generations, each planning the tree it would plan alone."""
+    one = shape_share(best_shape(Caps(), pi, cost), pi, cost)
+    return Beside(one.tokens * runs, one.seconds * runs, one.nodes * runs, runs)
+
+
+@pytest.mark.parametrize("pi", [DRAFT_A, DRAFT_B], ids=["draft A", "draft B"])
+def test_beside_other_generations_a_cpu_plans_smaller_trees_down_to_plain(pi):
+    """On a CPU a pass of many tokens costs several passes of one: beside a crowd the verify
+    slots are dearer than the tokens they bring, and plain decoding gives the round more."""
+    alone = best_shape(Caps(), pi, CPU)
+    crowded = {runs: best_shape(Caps(), pi, CPU, crowd(pi, CPU, runs)) for runs in (1, 3, 7, 15)}
+    nodes = [alone.max_total_nodes] + [shape.max_total_nodes for shape in crowded.values()]
+    assert nodes == sorted(nodes, reverse=True) and nodes[-1] < nodes[0]
+    assert shape_rate(alone, pi, CPU) > 1 / CPU.plain_s()  # alone, a tree pays
+    for runs in (7, 15):  # a tree gains a round 1% at most
+        beside = crowd(pi, CPU, runs)
+        assert shape_rate(crowded[runs], pi, CPU, beside) <= 1.01 * (1 + beside.tokens) / CPU.plain_s(beside)
+
+
+def test_beside_other_generations_a_gpu_keeps_growing_trees():
+    beside = crowd(DRAFT_B, GPU, 7)
+    shape = best_shape(Caps(), DRAFT_B, GPU, beside)
+    assert shape.max_total_nodes >= 8
+    assert shape_rate(shape, DRAFT_B, GPU, beside) > (1 + beside.tokens) / GPU.plain_s(beside)
+
+
+def test_the_shared_rate_counts_every_generations_tokens_and_time():
+    beside = Beside(tokens=6.0, seconds=0.05, nodes=12, runs=3)
+    calls, nodes = [1, 1, 1], 3
+    expected = (2.5 + 1 + 6.0) / (CPU.round_s(calls, nodes) - CPU.verify_s(1 + nodes)
+                                  + CPU.verify_s(1 + nodes + 12) + 0.05)
+    assert round_rate(2.5, nodes, calls, CPU, beside) == pytest.approx(expected)
+    assert round_rate(2.5, nodes, calls, CPU) == pytest.approx(3.5 / CPU.round_s(calls, nodes))
+
+
+def test_a_policy_replans_when_generations_join_and_reports_its_share():
+    policy = AdaptivePolicy(replace(CPU))
+    policy.reset()
+    alone = policy.plan("tree", Caps())
+    share = policy.share
+    assert share.runs == 1 and share.tokens > 1 and 1 < share.nodes <= 1 + alone.max_total_nodes
+    crowded = policy.plan("tree", Caps(), crowd(DRAFT_B, CPU, 15))
+    assert crowded.max_total_nodes <= alone.max_total_nodes
+    assert policy.share.nodes <= share.nodes

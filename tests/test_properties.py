@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from edge_tree import Engine
 from edge_tree.llamacpp import llama
+from edge_tree.llamacpp.share import Share
 from edge_tree.core.drafting import DraftRequest
 from edge_tree.core.model_drafter import DraftModelDrafter
 from edge_tree.core.plan import TreeShape
@@ -276,7 +277,7 @@ shapes = st.builds(TreeShape, max_depth=st.integers(1, 6), max_nodes_per_level=s
 @given(shapes, st.sampled_from(["topk", "sampled"]), st.sampled_from([0.0, 1.0]),
        st.lists(st.integers(3, 511), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
 def test_draft_trees_respect_every_budget(draft_ctx, shape, children, temperature, tokens, seed):
-    drafter = DraftModelDrafter(draft_ctx, children)
+    drafter = DraftModelDrafter(Share(draft_ctx), children)
     try:
         drafter.start(tokens)
         params = SamplingParams(temperature=temperature)

@@ -7,8 +7,8 @@ import pytest
 from edge_tree.llamacpp import llama
 from edge_tree.core.engine import Engine
 
-PROMPTS = ["hello world", "The quick brown fox", "a", "Once upon a time, there", "1, 2, 3, 4,",
-           "the the the", "Zebra!", "In the beginning"]
+from neartie import PROMPTS, assert_same_or_near_tie
+
 SHAPES = [
     dict(mode="chain", max_depth=1),
     dict(mode="chain", max_depth=5),
@@ -16,28 +16,6 @@ SHAPES = [
     dict(mode="tree", max_depth=4, max_nodes_per_level=6, max_total_nodes=20),
     dict(mode="tree", max_depth=6, max_nodes_per_level=24, max_total_nodes=96),
 ]
-# Batched and one-token evaluation use different kernels (docs/design.md, "llama.cpp mechanics"): where the target's
-# two best logits are closer than this, the batched verify may pick the other one, and that is
-# the only divergence from plain decoding we accept.
-NEAR_TIE = 1e-3
-
-
-def top2_gap(ctx: llama.Context, tokens: list[int]) -> float:
-    ctx.clear()
-    with llama.Batch(512, 1) as batch:
-        row = np.sort(np.array(ctx.logits(ctx.feed(batch, tokens, 0))))
-    return float(row[-1] - row[-2])
-
-
-def assert_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], got: list[int]):
-    if got == reference:
-        return
-    split = next(i for i, (a, b) in enumerate(zip(reference, got)) if a != b)
-    prefix = engine.target_model.tokenize(prompt) + reference[:split]
-    gap = top2_gap(engine.target_ctx, prefix)
-    assert gap < NEAR_TIE, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"
-
-
 @pytest.fixture(scope="module")
 def same_engine(tiny_target, tiny_draft_same):
     """The draft is the target: everything should be accepted."""

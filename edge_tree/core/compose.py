@@ -15,6 +15,8 @@ only: no guesses there.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from .drafting import DraftRequest, Proposal, root_only
 from .lookup import guess_tree, lookup
 from .model_drafter import DraftModelDrafter
@@ -33,8 +35,8 @@ class LookupGraftDrafter:
         self._model_round = False
         self._streak = False
 
-    def start(self, prompt: list[int]) -> None:
-        self.model.start(prompt)
+    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
+        self.model.start(prompt, held)
         self._streak = False
 
     def propose(self, request: DraftRequest) -> Proposal:

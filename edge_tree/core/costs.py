@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .plan import RoundOutcome
+from .plan import ALONE, Beside, RoundOutcome
 
 LEARNING_RATE = 0.1  # weight of the newest round in the running corrections
 MAX_SURPRISE = 4.0  # one round moves a correction by at most this factor (a hiccup is not a trend)
@@ -45,7 +45,7 @@ class CostModel:
         self._host_fit = HostFit(self.host_per_round, self.host_per_call)
 
     @staticmethod
-    def _table(points: dict[int, float], size: int = 513) -> np.ndarray:
+    def _table(points: dict[int, float], size: int = 2049) -> np.ndarray:
         xs = np.array(sorted(points), float)
         ys = np.array([points[x] for x in sorted(points)], float)
         n = np.arange(size, dtype=float)
@@ -56,8 +56,8 @@ class CostModel:
         return table
 
     def verify_s(self, n: int) -> float:
-        """A target pass over n tokens."""
-        return self.verify_scale * self._verify[n]
+        """A target pass over n tokens (several generations' trees may share one)."""
+        return self.verify_scale * self._verify[min(n, len(self._verify) - 1)]
 
     @property
     def draft_scale(self) -> float:
@@ -70,30 +70,30 @@ class CostModel:
         """A draft call over n tokens."""
         return self.draft_scale * self._draft[n]
 
-    def round_s(self, calls: Sequence[int], nodes: int) -> float:
+    def round_s(self, calls: Sequence[int], nodes: int, beside: Beside = ALONE) -> float:
         """A round: draft calls of these sizes, a target pass over the root and nodes, and the
-        host's work."""
+        host's work; with other generations' work beside it in a shared round."""
         table = self._draft
-        return self.round_s_of(sum(table[c] for c in calls), len(calls), sum(calls), nodes)
+        return self.round_s_of(sum(table[c] for c in calls), len(calls), sum(calls), nodes, beside)
 
     def draft_points_s(self, n: int) -> float:
         """A draft call over n tokens as calibrated, before the corrections (for round_s_of)."""
         return self._draft[n]
 
-    def round_s_of(self, drafting: float, n_calls: int, fed: int, nodes: int) -> float:
+    def round_s_of(self, drafting: float, n_calls: int, fed: int, nodes: int, beside: Beside = ALONE) -> float:
         """round_s from running sums, for a search that grows a tree level by level: the
         calibrated seconds of its draft calls, how many calls, and the tokens they feed."""
-        return (self.draft_scale * drafting + self.verify_s(1 + nodes) + self.host_per_round
-                + self.host_per_call * n_calls + self.host_per_node * (fed + nodes))
+        return (self.draft_scale * drafting + self.verify_s(1 + nodes + beside.nodes) + beside.seconds
+                + self.host_per_round + self.host_per_call * n_calls + self.host_per_node * (fed + nodes))
 
     def signature(self) -> tuple:
         """The corrections, each to about 3%: plans made under the same signature are alike."""
         return tuple(round(float(np.log(max(x, 1e-9))) / 0.03) for x in
                      (self.verify_scale, self.draft_relative, self.host_per_round + 1e-5, self.host_per_call + 1e-5))
 
-    def plain_s(self) -> float:
+    def plain_s(self, beside: Beside = ALONE) -> float:
         """A round of plain decoding: the root alone."""
-        return self.round_s((), 0)
+        return self.round_s((), 0, beside)
 
     def learn(self, outcome: RoundOutcome) -> None:
         """Move the corrections towards what this round measured."""

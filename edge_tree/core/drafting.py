@@ -1,7 +1,8 @@
 """The drafter interface: one small protocol, one class per way of proposing a tree.
 
 As in Hugging Face's CandidateGenerator, the loop knows drafters only through this:
-    start(prompt)            a new generation: forget the last one, read the prompt
+    start(prompt, held)      a new generation: read the prompt, keeping what the last one
+                             (its tokens: held) left in the cache that the prompt begins with
     propose(request)         grow a TokenTree rooted at the context's last token
     ahead(tree, busy)        work while the target verifies the tree elsewhere (or nothing)
     observe(tree, verdict)   learn the outcome, trim caches
@@ -12,7 +13,7 @@ context), for which the loop leaves room within the user's hard caps.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def root_only(tokens: list[int]) -> Proposal:
 class Drafter(Protocol):
     extra_nodes: int
 
-    def start(self, prompt: list[int]) -> None: ...
+    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None: ...
 
     def propose(self, request: DraftRequest) -> Proposal: ...
 

@@ -18,10 +18,11 @@ import numpy as np
 from ..errors import InputError, UsageError
 from ..records import StepRecord
 from .chat import prompt_tokens
-from .drafting import DraftRequest, root_only
+from .drafting import DraftRequest, Proposal, root_only
+from .lanes import Lane
 from .models import LoadedModels
 from .options import GenOptions, LoadOptions, split_options
-from .plan import RoundOutcome, TreeShape
+from .plan import ALONE, Beside, RoundOutcome, TreeShape
 from .policy import Caps
 from .stats import RunStats
 from .steps import step_record
@@ -44,14 +45,16 @@ class Engine:
     """A target (and optionally a draft) loaded once; generate() as often as you like.
 
     Engine(target, draft, threads=2, ...) or Engine(options=LoadOptions(...)); target None means
-    the demo pair."""
+    the demo pair. lanes > 1 splits the contexts for generations side by side (core/slots.py);
+    generate() uses the first lane."""
 
     def __init__(self, target: str | None = None, draft: str | None = None, *,
-                 options: LoadOptions | None = None, progress: bool = False, **load_options):
+                 options: LoadOptions | None = None, progress: bool = False, lanes: int = 1,
+                 **load_options):
         if options is None:
             options = LoadOptions.from_mapping({"target": target, "draft": draft, **load_options})
         self.options = options
-        self.models = LoadedModels(options, progress)
+        self.models = LoadedModels(options, progress, lanes)
         self.target_model = self.models.target_model
         self.draft_model = self.models.draft_model
         self.target_ctx = self.models.target_ctx
@@ -89,21 +92,22 @@ class Engine:
             options = GenOptions.from_mapping(gen_options)
         elif gen_options:
             options = options.replace(**gen_options)
-        mode = self._check_mode(options.mode)
-        prompt_tokens = self._tokenize_prompt(prompt, options)
-        return _Run(self, options, mode, on_text, on_step, should_stop, record_steps).execute(prompt_tokens)
+        mode = self.check_mode(options.mode)
+        prompt_tokens = self.tokenize_prompt(prompt, options)
+        return Run(self, self.models.lanes[0], options, mode, on_text, on_step, should_stop,
+                    record_steps).execute(prompt_tokens)
 
-    def _check_mode(self, mode: str | None) -> str:
+    def check_mode(self, mode: str | None) -> str:
         mode = mode or ("tree" if self.has_draft else "ar")
         if mode in ("chain", "tree") and not self.has_draft:
             raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)", field="mode")
         return mode
 
-    def _tokenize_prompt(self, prompt: str, options: GenOptions) -> list[int]:
+    def tokenize_prompt(self, prompt: str, options: GenOptions) -> list[int]:
         tokens = prompt_tokens(self.target_model, prompt)  # a ChatPrompt parses special tokens
         if not tokens:
             raise InputError("prompt", "the prompt is empty and this model adds no BOS token to start from")
-        n_ctx = self.target_ctx.n_ctx
+        n_ctx = self.models.lanes[0].cells  # a generation's, where several run side by side
         if len(tokens) >= n_ctx:
             raise InputError("prompt", f"the prompt has {len(tokens)} tokens; the context holds {n_ctx} "
                                        f"(raise --ctx-size)", code="context_length_exceeded")
@@ -115,17 +119,21 @@ class Engine:
         return tokens
 
 
-class _Run:
-    """One generation: the loop state that lives for a single generate() call."""
+class Run:
+    """One generation: the loop state that lives for a single generate() call, on one lane.
 
-    def __init__(self, engine: Engine, options: GenOptions, mode: str, on_text, on_step,
+    Its rounds come in two halves around the target's pass, so that several runs can share one
+    pass (core/slots.py): propose() plans and drafts the round's tree, conclude() verifies the
+    pass's logits, commits and streams."""
+
+    def __init__(self, engine: Engine, lane: Lane, options: GenOptions, mode: str, on_text, on_step,
                  should_stop, record_steps: bool):
         self.models = engine.models
+        self.lane = lane
         self.options, self.mode = options, mode
-        self.drafter = self.models.drafter_for(mode, options.ngram)
-        self.policy = self.models.policy
-        self.params = options.sampling
-        node_limit = self.models.max_tree_nodes
+        self.drafter = lane.drafter_for(mode, options.ngram)
+        self.policy = lane.policy
+        node_limit = lane.max_tree_nodes
         self.caps = Caps(options.max_depth, options.max_nodes_per_level,
                          min(options.max_total_nodes or node_limit, node_limit))
         self.seed = int(np.random.SeedSequence().entropy % 2**32) if options.seed is None else options.seed
@@ -137,74 +145,108 @@ class _Run:
         self.generated: list[int] = []
         self.steps: list[StepRecord] = []
         self.stats = RunStats(mode=mode, temperature=options.temperature)
+        self.tokens: list[int] = []
+        self.stop = ""
+        self._round_start: tuple[float, TreeShape, float, float] | None = None
+        self._decode_clocks = [0.0, 0.0]  # this run's seconds inside llama_decode, (target, draft)
 
     def execute(self, prompt_tokens: list[int]) -> GenerationResult:
-        models = self.models
-        start = time.perf_counter()
+        """The whole generation, alone on the lane's contexts."""
+        self.begin(prompt_tokens)
+        while (proposal := self.propose()) is not None:
+            self.verify_alone(proposal)
+        return self.finish()
+
+    def begin(self, prompt_tokens: list[int]) -> None:
+        """Prefill both caches, from what the lane's last generation left where it may."""
+        self.started = time.perf_counter()
         self.policy.reset(learn_costs=self.params.greedy)
-        models.target.reset()
-        models.target.prefill(prompt_tokens)
+        lane = self.lane
+        held, lane.context = lane.context, []  # until finish(): a failure leaves the caches unknown
+        if not self.options.cache_prompt:
+            held = []
+        self.stats.prompt_cached = lane.target.prefill(prompt_tokens, held)
         if self.drafter:
-            self.drafter.start(prompt_tokens)
-        self.stats.prompt_s = time.perf_counter() - start
-        decode_start = time.perf_counter(), models.decode_clocks()
-        tokens = list(prompt_tokens)
-        stop = ""
-        while not stop:
-            stop = self._stop_before_round(start, len(tokens))
-            if stop:
-                break
-            outcome = self._round(tokens)
-            new_tokens = [int(outcome.tree.token[i]) for i in outcome.verdict.accepted]
-            stop = self._emit(new_tokens + [outcome.verdict.bonus_token])
-            tokens += new_tokens + [outcome.verdict.bonus_token]
-        self._flush_text()
-        wall = time.perf_counter() - start
-        self.stats.finish(len(prompt_tokens), len(self.generated), wall, self.seed, stop,
-                          models.model_state, decode_s=time.perf_counter() - decode_start[0],
-                          decode_clocks=models.decode_clocks(since=decode_start[1]))
-        return GenerationResult(self.text.text, self.generated, self.stats.as_dict(), self.steps, stop)
+            self.drafter.start(prompt_tokens, held)
+        if lane.model_drafter and self.drafter not in (lane.model_drafter, lane.graft_drafter):
+            lane.model_drafter.forget()  # its cache will not follow this generation
+        self.stats.prompt_s = time.perf_counter() - self.started
+        self.decode_started = time.perf_counter()
+        self.n_prompt = len(prompt_tokens)
+        self.tokens = list(prompt_tokens)
 
-    def _stop_before_round(self, start: float, n_tokens: int) -> str:
-        if self.should_stop():
-            return "interrupted"
-        if self.options.max_time is not None and time.perf_counter() - start >= self.options.max_time:
-            return "max_time"
-        if n_tokens + 1 > self.models.target_ctx.n_ctx:  # the root itself needs a cell
-            return "context"
-        return ""
+    @property
+    def params(self):
+        return self.options.sampling
 
-    def _round(self, tokens: list[int]) -> RoundOutcome:
-        """Plan, draft, verify and commit one round; the drafter and the policy learn from it."""
-        models = self.models
+    def propose(self, beside: Beside = ALONE) -> Proposal | None:
+        """The first half of a round: plan and draft its tree; None once a stop rule fired.
+        beside: what other generations bring to the round, when its pass is shared."""
+        self.stop = self.stop or self._stop_before_round()
+        if self.stop:
+            return None
         started = time.perf_counter()
-        clocks = models.decode_clocks()
-        shape = self._shape(len(tokens))
+        draft_clock = self.models.decode_clocks()[1]
+        shape = self._shape(len(self.tokens), beside)
         if self.drafter and shape.capacity:
-            proposal = self.drafter.propose(DraftRequest(tokens, shape, self.params, self.rng))
+            proposal = self.drafter.propose(DraftRequest(self.tokens, shape, self.params, self.rng))
         else:
-            proposal = root_only(tokens)
-        drafted = time.perf_counter()
+            proposal = root_only(self.tokens)
+        self._round_start = (started, shape, time.perf_counter(), self.models.decode_clocks()[1] - draft_clock)
+        return proposal
+
+    def verify_alone(self, proposal: Proposal) -> None:
+        """A target pass over this run's tree alone, the draft working ahead where it may; then
+        conclude."""
+        before_pass = self.models.decode_clocks()
+        logits_of = self.lane.target.evaluate(proposal.tree, self._work_ahead(proposal.tree))
+        target_s, ahead_s = self.models.decode_clocks(since=before_pass)
+        self.conclude(proposal, logits_of, target_s, ahead_s)
+
+    def conclude(self, proposal: Proposal, logits_of, target_s: float, ahead_s: float = 0.0,
+                 shared: bool = False) -> None:
+        """The second half: verify the target pass's logits for this tree, commit both caches,
+        learn, and stream the new tokens. target_s: the pass's seconds; ahead_s: the draft's
+        decodes beside it; shared: the pass carried other runs' trees too."""
+        started, shape, drafted, draft_s = self._round_start
         tree = proposal.tree
-        before_pass = models.decode_clocks()
-        logits_of = models.target.evaluate(tree, self._work_ahead(tree))
-        ahead_s = models.decode_clocks(since=before_pass)[1]  # the draft's, beside the pass
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,
                          target_probs=self.keep_steps or self.on_step is not None)
-        models.target.commit(tree, verdict.last_node)
+        self.lane.target.commit(tree, verdict.last_node)
         verified = time.perf_counter()
         if tree.n > 1:
             self.drafter.observe(tree, verdict)
-        target_s, draft_s = models.decode_clocks(since=clocks)
+        self._decode_clocks[0] += target_s
+        self._decode_clocks[1] += draft_s + ahead_s
         outcome = RoundOutcome(tree, verdict, shape, proposal.draft_sizes, draft_s=drafted - started,
                                verify_s=verified - drafted, round_s=time.perf_counter() - started,
-                               decode=(target_s, draft_s - ahead_s), ready_rows=proposal.ready_rows,
-                               ahead_s=ahead_s)
+                               decode=(target_s, draft_s), ready_rows=proposal.ready_rows,
+                               ahead_s=ahead_s, shared_pass=shared)
         self.policy.observe(outcome)
         self.stats.add_round(outcome)
         if self.keep_steps or self.on_step:
-            self._record(outcome, len(tokens))
-        return outcome
+            self._record(outcome, len(self.tokens))
+        new_tokens = [int(tree.token[i]) for i in verdict.accepted] + [verdict.bonus_token]
+        self.stop = self._emit(new_tokens)
+        self.tokens += new_tokens
+
+    def finish(self) -> GenerationResult:
+        self.lane.context = self.tokens
+        self._flush_text()
+        now = time.perf_counter()
+        self.stats.finish(self.n_prompt, len(self.generated), now - self.started, self.seed, self.stop,
+                          self.models.model_state, decode_s=now - self.decode_started,
+                          decode_clocks=tuple(self._decode_clocks))
+        return GenerationResult(self.text.text, self.generated, self.stats.as_dict(), self.steps, self.stop)
+
+    def _stop_before_round(self) -> str:
+        if self.should_stop():
+            return "interrupted"
+        if self.options.max_time is not None and time.perf_counter() - self.started >= self.options.max_time:
+            return "max_time"
+        if len(self.tokens) + 1 > self.lane.cells:  # the root itself needs a cell
+            return "context"
+        return ""
 
     def _work_ahead(self, tree):
         """What the drafter does during the target's pass: where the two share no device, decode
@@ -213,13 +255,13 @@ class _Run:
             return partial(self.drafter.ahead, tree)
         return None
 
-    def _shape(self, n_tokens: int) -> TreeShape:
+    def _shape(self, n_tokens: int, beside: Beside = ALONE) -> TreeShape:
         """The policy's plan, cut to the hard limits: the user's caps, the KV cells left beside
         the committed tokens, the sequences a tree may use, and the tokens still wanted."""
-        plan = self.policy.plan(self.mode, self.caps)
+        plan = self.policy.plan(self.mode, self.caps, beside)
         if not self.drafter:
             return plan  # plain decoding: nothing to cut
-        cells = self.models.target_ctx.n_ctx - n_tokens
+        cells = self.lane.cells - n_tokens
         remaining = self.options.max_tokens - len(self.generated)  # no point drafting past the end
         depth_cap = max(0, min(self.caps.max_depth or NO_CAP, remaining - 1, cells - 1))
         node_cap = max(0, min(self.caps.max_total_nodes, cells - 1))

@@ -7,6 +7,8 @@ of `--mode lookup`: it needs no draft model.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .drafting import DraftRequest, Proposal, root_only
@@ -47,7 +49,7 @@ class LookupDrafter:
 
     extra_nodes = 0
 
-    def start(self, prompt: list[int]) -> None:
+    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
         pass
 
     def propose(self, request: DraftRequest) -> Proposal:

@@ -1,10 +1,11 @@
 """The draft model proposes the tree, one batched llama_decode per level.
 
-KV layout in the draft's unified cache: seq 0 holds committed tokens only; every node the draft
-decodes gets a seq id of its own that holds the prefix and its path (seq_cp from its parent up to
-the node's position, metadata only), so siblings never see each other.
+KV layout in the draft's unified cache, in the generation's share of it (llamacpp/share.py, whose first
+sequence is `seq0`): seq0 holds committed tokens only; every node the draft decodes gets a seq id
+of its own that holds the prefix and its path (seq_cp from its parent up to the node's position,
+metadata only), so siblings never see each other.
 
-A request's lookahead (guessed tokens) rides along with the round's first call, in seq 1: one
+A request's lookahead (guessed tokens) rides along with the round's first call, in seq0 + 1: one
 batched decode gives the draft's logits all along it, so wherever the draft's own choices follow
 the guess, those levels cost no further draft call.
 
@@ -24,16 +25,16 @@ its choices follow them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..llamacpp.draft_vocab import OutputRows
-from ..llamacpp.llama import Context
+from ..llamacpp.share import Share
 from .drafting import DraftRequest, Proposal
 from .plan import TreeShape, prob_bin
 from .sampling import distribution, sample_without_replacement
-from .tree import TokenTree
+from .tree import TokenTree, common_prefix
 from .verify import Verdict
 
 
@@ -66,7 +67,6 @@ class Ahead:
 
 
 class DraftModelDrafter:
-    GUESS_SEQ = 1
     extra_nodes = 0
 
     MAX_CONTEXT_TOKENS = 1024  # dropped tokens a generation may bring back: a bound on host work
@@ -76,9 +76,10 @@ class DraftModelDrafter:
     # target took its first choice there in 6 of 11 fully accepted rounds (pair B over RPC)
     AHEAD_BRANCHES = 3
 
-    def __init__(self, ctx: Context, children: str, ids: np.ndarray | None = None,
+    def __init__(self, share: Share, children: str, ids: np.ndarray | None = None,
                  n_vocab: int | None = None, output: OutputRows | None = None):
-        self.ctx = ctx
+        ctx = self.ctx = share.ctx
+        self.share = share
         self.children = children  # "topk": the draft's best tokens; "sampled": drawn from q
         self.ids = ids
         self.n_vocab = n_vocab or ctx.model.n_vocab
@@ -87,32 +88,48 @@ class DraftModelDrafter:
             self._kept = np.zeros(self.n_vocab, bool)
             self._kept[ids] = True
         self._forget_context_tokens()
-        self.ahead_seq = ctx.n_seq_max - 1  # and the AHEAD_BRANCHES - 1 below it
-        # seq 0 is committed, seq 1 the guess, the last ones decode ahead
-        self.max_expanded = ctx.n_seq_max - 2 - self.AHEAD_BRANCHES
+        # seq0 is committed, the next one the guess, the last ones decode ahead
+        self.seq0 = share.first
+        self.guess_seq = share.first + 1
+        self.ahead_seq = share.first + share.count - 1  # and the AHEAD_BRANCHES - 1 below it
+        self.max_expanded = share.count - 2 - self.AHEAD_BRANCHES
+        self._went_ahead = False  # the last ones may hold cells
         self.batch = ctx.new_batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
-        self.n_cached = 0  # committed tokens present in seq 0
+        self.n_cached = 0  # committed tokens present in seq0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0
         self._guess_len = 0
         self._ahead: list[Ahead] = []  # decoded during the target's pass, one per bonus token
         self._ready: Ahead | None = None  # ... and taken by the target: the next round's start
 
-    def start(self, prompt: list[int]) -> None:
-        """Forget the last generation; read the prompt up to its last token (the first root)."""
-        self.ctx.clear()
-        self.n_cached = 0
-        self._ahead, self._ready = [], None
+    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
+        """Forget the last generation; read the prompt up to its last token (the first root).
+        held: the last generation's tokens, whose first n_cached are in seq0: the part they
+        share with the prompt stays."""
+        kept = common_prefix(held[:self.n_cached], prompt[:-1])
+        if kept and not self.share.holds(self.seq0, self.n_cached):
+            kept = 0
+        if kept:
+            self.share.keep_only(self.seq0)  # the guess and work ahead leave
+            self.ctx.seq_rm(self.seq0, kept, -1)
+        else:
+            self.share.clear()
+        self.n_cached = kept
+        self._ahead, self._ready, self._went_ahead = [], None, False
         self._forget_context_tokens()
-        if len(prompt) > 1:
-            self._feed_without_outputs(prompt[:-1])
+        if len(prompt) - 1 > kept:
+            self._feed_without_outputs(prompt[kept:-1])
         self.ctx.output_hidden(self.output is not None)
 
+    def forget(self) -> None:
+        """A generation goes on without the draft: none of its cells will match what follows."""
+        self.n_cached = 0
+
     def _feed_without_outputs(self, run: list[int]) -> None:
-        """Committed tokens into seq 0, no logits or hidden states (while those are on, llama.cpp
+        """Committed tokens into seq0, no logits or hidden states (while those are on, llama.cpp
         makes every token an output)."""
         self.ctx.output_hidden(False)
-        self.ctx.feed(self.batch, run, self.n_cached)
+        self.ctx.feed(self.batch, run, self.n_cached, self.seq0)
         self.ctx.output_hidden(self.output is not None)
         self.n_cached += len(run)
 
@@ -155,8 +172,8 @@ class DraftModelDrafter:
         tree = TokenTree(shape.capacity, tokens[-1], sampled=sampled)
         self._root_pos = len(tokens) - 1
         self._note_context(tokens)
-        self._node_seq = {0: 0}
-        self._next_seq = self.GUESS_SEQ + 1
+        self._node_seq = {0: self.seq0}
+        self._next_seq = self.guess_seq + 1
         self._reach = {0: 0.0}
         ready = self._take_ready(tokens)
         if ready:  # decoded during the last target pass: the draft's choices are the guess
@@ -193,17 +210,17 @@ class DraftModelDrafter:
 
     def _take_ready(self, tokens: list[int]) -> Ahead | None:
         """The rows decoded ahead, if they are still this context's (the committed prefix and the
-        root are in seq 0, the draft's further choices in the guess seq); else drop their cells
+        root are in seq0, the draft's further choices in the guess seq); else drop their cells
         (rounds without the model came between, or the context brought the index new tokens)."""
         ready, self._ready = self._ready, None
         if ready is None:
             return None
         if self.n_cached == len(tokens) and ready.index_size == self._index_size():
             return ready
-        self.ctx.seq_rm(self.GUESS_SEQ)
-        if self.n_cached == len(tokens):  # the root is in seq 0: decode it again for its logits
+        self.ctx.seq_rm(self.guess_seq)
+        if self.n_cached == len(tokens):  # the root is in seq0: decode it again for its logits
             self.n_cached -= 1
-            self.ctx.seq_rm(0, self.n_cached, -1)
+            self.ctx.seq_rm(self.seq0, self.n_cached, -1)
         return None
 
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
@@ -213,15 +230,15 @@ class DraftModelDrafter:
             self._feed_without_outputs(tokens[self.n_cached:-1])  # model): no outputs but the root
         new = tokens[self.n_cached:]
         if not guess or len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
-            last = self.ctx.feed(self.batch, new, self.n_cached)
+            last = self.ctx.feed(self.batch, new, self.n_cached, self.seq0)
             self.n_cached = len(tokens)
             return [self._logits(last)]
-        self.ctx.seq_cp(0, self.GUESS_SEQ)  # the guess sees the whole prefix
+        self.ctx.seq_cp(self.seq0, self.guess_seq)  # the guess sees the whole prefix
         self.batch.clear()
         for k, token in enumerate(new):
-            self.batch.add(token, self.n_cached + k, (0, self.GUESS_SEQ), k == len(new) - 1)
+            self.batch.add(token, self.n_cached + k, (self.seq0, self.guess_seq), k == len(new) - 1)
         for k, token in enumerate(guess):
-            self.batch.add(token, len(tokens) + k, (self.GUESS_SEQ,), True)
+            self.batch.add(token, len(tokens) + k, (self.guess_seq,), True)
         self.ctx.decode(self.batch)
         self.n_cached = len(tokens)
         # copies: later draft calls overwrite the logits buffer, and these may serve any level
@@ -233,7 +250,7 @@ class DraftModelDrafter:
             followed = on_guess.get(int(tree.parent[node]))
             if followed is not None and followed + 1 < n_rows and tree.token[node] == guess[followed]:
                 on_guess[node] = followed + 1
-                self._node_seq[node] = self.GUESS_SEQ
+                self._node_seq[node] = self.guess_seq
 
     def _best_level(self, tree, frontier, shape, room, params, draft_probs) -> list[int]:
         """Top-`branch` children of every frontier node worth a verify slot, the `room` most
@@ -302,7 +319,7 @@ class DraftModelDrafter:
         return full
 
     def _nodes_to_expand(self, level, shape) -> list[int]:
-        budget = min(shape.expand, self.max_expanded - (self._next_seq - self.GUESS_SEQ - 1))
+        budget = min(shape.expand, self.max_expanded - (self._next_seq - self.guess_seq - 1))
         best = sorted(level, key=lambda i: -self._reach[i])[:max(budget, 0)]
         floor = np.log(shape.min_expand_prob) if shape.min_expand_prob > 0 else -np.inf
         return [i for i in best if self._reach[i] >= floor]
@@ -328,6 +345,7 @@ class DraftModelDrafter:
         path = tree.first_choice_path()
         if not path:
             return
+        self._went_ahead = True
         # one core stays with the target's side of the pass: its input embeddings, the copies
         # between devices, the RPC client's reads and writes (measured: with every thread
         # here, a pass over two hosts on this machine's cores slowed as much as the draft gained)
@@ -346,7 +364,7 @@ class DraftModelDrafter:
         seqs = [self.ahead_seq - k for k in range(self.AHEAD_BRANCHES)]
         root = self._root_pos + len(path) + 1  # where the bonus token will sit
         # cells: the committed ones, the tree's, the guess's, the walk's and these, all in n_ctx
-        room = (self.ctx.n_ctx - root - tree.n - self._guess_len - len(path) - 2) // len(seqs)
+        room = (self.share.cells - root - tree.n - self._guess_len - len(path) - 2) // len(seqs)
         if room < 1:
             return
         self.ctx.seq_cp(self._node_seq[anchor], seqs[0], -1, start)
@@ -378,18 +396,19 @@ class DraftModelDrafter:
         return 0 if self._index_ids is None else len(self._index_ids)
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None:
-        """Keep the deepest accepted node the draft decoded (and its path) in seq 0; drop the rest.
+        """Keep the deepest accepted node the draft decoded (and its path) in seq0; drop the rest.
         Where the target took the walk decoded ahead and added a bonus token a branch decoded
         ahead starts with, keep that branch instead: committed up to the new root, the draft's
         further choices as the next round's guess."""
         aheads, self._ahead = self._ahead, []
+        went_ahead, self._went_ahead = self._went_ahead, False
         taken = next((a for a in aheads if list(verdict.accepted) == a.path
                       and verdict.bonus_token == a.choices[0]), None)
         if taken:
             root = self._root_pos + len(taken.path) + 1
-            self.ctx.seq_keep(taken.seq)
-            self.ctx.seq_cp(taken.seq, 0, -1, root + 1)
-            self.ctx.seq_cp(taken.seq, self.GUESS_SEQ)
+            self.share.keep_only(taken.seq)
+            self.ctx.seq_cp(taken.seq, self.seq0, -1, root + 1)
+            self.ctx.seq_cp(taken.seq, self.guess_seq)
             self.ctx.seq_rm(taken.seq)
             self.n_cached = root + 1
             self._ready = taken
@@ -401,8 +420,9 @@ class DraftModelDrafter:
         seq = self._node_seq[keep]
         end = self._root_pos + int(tree.depth[keep]) + 1
         self.ctx.seq_rm(seq, end, -1)  # the guess's seq may run on past the kept node
-        if seq != 0:
-            self.ctx.seq_keep(seq)
-            self.ctx.seq_cp(seq, 0)
-        self.ctx.seq_keep(0)
+        used = None if went_ahead else self._next_seq - self.seq0  # sequences that may hold cells
+        if seq != self.seq0:
+            self.share.keep_only(seq, used)
+            self.ctx.seq_cp(seq, self.seq0)
+        self.share.keep_only(self.seq0, used)
         self.n_cached = end

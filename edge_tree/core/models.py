@@ -12,14 +12,13 @@ from typing import Callable
 from ..files import cache_dir
 from ..llamacpp import draft_vocab as draft_vocabs
 from ..llamacpp import llama
+from ..llamacpp.share import Share
 from ..llamacpp.demo import ensure_demo
 from ..llamacpp.modelfile import check_gguf
 from ..llamacpp.vocab import check_vocab
-from ..errors import EdgeTreeError
+from ..errors import EdgeTreeError, UsageError
 from .calibrate import DRAFT_SIZES, TARGET_SIZES, cached_costs, cached_model_costs, host_cost_per_node
-from .compose import LookupGraftDrafter
-from .drafting import Drafter
-from .lookup import LookupDrafter
+from .lanes import Lane
 from .model_drafter import DraftModelDrafter
 from .options import LoadOptions
 from .costs import CostModel
@@ -33,25 +32,30 @@ from .target import TargetRunner
 # one-token passes, so a larger tree would rarely pay: a context there offers 64 sequences; with
 # layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
 CPU_SEQUENCES = 64
+LANE_SEQUENCES = 8  # at least, for each of several lanes: a tree of 7 nodes, a draft of 3 levels
 
 
-def sequences_for(model: llama.Model) -> int:
-    """How many sequences a context of a pair led by this target offers."""
+def sequences_for(model: llama.Model, lanes: int = 1) -> int:
+    """How many sequences a context of a pair led by this target offers, for all its lanes."""
     most = llama.max_parallel_sequences()
-    return most if model.offloaded_layers else min(CPU_SEQUENCES, most)
+    wanted = most if model.offloaded_layers else min(CPU_SEQUENCES, most)
+    return min(max(wanted, LANE_SEQUENCES * lanes), most)
 
 
 class LoadedModels:
-    def __init__(self, options: LoadOptions, progress: bool = False):
+    """lanes: generations that may run side by side (core/lanes.py); each has an equal share
+    of the context's cells and sequences."""
+
+    def __init__(self, options: LoadOptions, progress: bool = False, lanes: int = 1):
         self._closers: list[Callable[[], None]] = []
         self._keep(llama.LogView(options.verbose))
         try:
-            self._load(options, progress)
+            self._load(options, progress, lanes)
         except BaseException:
             self.close()
             raise
 
-    def _load(self, options: LoadOptions, progress: bool) -> None:
+    def _load(self, options: LoadOptions, progress: bool, lanes: int) -> None:
         target, draft = options.target, options.draft
         llama.connect_rpc(dict.fromkeys(options.rpc_hosts + options.rpc_draft_hosts))  # fail fast
         if target is None:  # the demo pair, built on first use
@@ -62,24 +66,48 @@ class LoadedModels:
         threads, n_ctx = options.threads, options.ctx_size
         self.target_model = self._keep(llama.Model(self.target_path, options.n_gpu_layers,
                                                        options.rpc_hosts))
-        n_seq = sequences_for(self.target_model)
+        if n_ctx // lanes < 16:
+            raise UsageError("--ctx-size", f"{n_ctx} tokens leave under 16 for each of {lanes} slots")
+        n_seq = sequences_for(self.target_model, lanes)
         self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
-        self.target = self._keep(TargetRunner(self.target_ctx))
         self.draft_model = self.reduced = None
         if self.draft_path:
             self._load_draft(options, progress)
-        self.draft_ctx = self.model_drafter = None
+        self.draft_ctx = None
         reduced = self.reduced
         if self.draft_model:
             self.draft_ctx = self._keep(llama.Context(self.draft_model, n_ctx, n_seq, threads=threads,
                                                       embed=reduced and reduced.embed))
-            self.model_drafter = self._keep(DraftModelDrafter(
-                self.draft_ctx, options.draft_children, reduced and reduced.ids, reduced and reduced.full_vocab,
-                reduced and reduced.output))
-        self.works_ahead = self._can_work_ahead(options)  # the draft decodes during the target's passes
-        self.lookup_drafter = LookupDrafter()
-        self.graft_drafter = self.model_drafter and LookupGraftDrafter(self.model_drafter)
-        self.policy = self._make_policy(options.policy)
+        costs = self._costs(options.policy)
+        self.lanes = [self._keep(self._lane(k, lanes, options, costs)) for k in range(lanes)]
+        # the draft decodes during the target's passes
+        self.works_ahead = lanes == 1 and self._can_work_ahead(options)
+
+    def _lane(self, k: int, lanes: int, options: LoadOptions, costs: CostModel | None) -> Lane:
+        """The k-th of `lanes` equal shares of both contexts, with its drafters and policy."""
+        count = self.target_ctx.n_seq_max // lanes
+        cells = self.target_ctx.n_ctx // lanes
+        target = TargetRunner(Share(self.target_ctx, k * count, count, cells))
+        drafter = None
+        if self.draft_ctx:
+            reduced = self.reduced
+            drafter = DraftModelDrafter(Share(self.draft_ctx, k * count, count, cells),
+                                        options.draft_children, reduced and reduced.ids,
+                                        reduced and reduced.full_vocab, reduced and reduced.output)
+        return Lane(target, drafter, AdaptivePolicy(costs) if costs else FixedPolicy())
+
+    # the lone lane's parts, for one generation at a time
+    @property
+    def target(self) -> TargetRunner:
+        return self.lanes[0].target
+
+    @property
+    def model_drafter(self) -> DraftModelDrafter | None:
+        return self.lanes[0].model_drafter
+
+    @property
+    def policy(self) -> Policy:
+        return self.lanes[0].policy
 
     def _can_work_ahead(self, options: LoadOptions) -> bool:
         """Whether the draft may work while the target's pass runs: only where they share no
@@ -143,26 +171,13 @@ class LoadedModels:
         return CostModel(cached_costs(self.target_ctx, TARGET_SIZES), draft_costs,
                          host_cost_per_node(draft.n_vocab))
 
-    def _make_policy(self, name: str) -> Policy:
-        if name == "fixed" or not self.draft_ctx:  # without a draft, every mode has a fixed plan
-            return FixedPolicy()
-        return AdaptivePolicy(CostModel(cached_costs(self.target_ctx, TARGET_SIZES),
-                                        cached_costs(self.draft_ctx, DRAFT_SIZES),
-                                        host_per_node=host_cost_per_node(self.draft_model.n_vocab)))
-
-    @property
-    def max_tree_nodes(self) -> int:
-        """The most drafted and guessed nodes a round's tree may hold: one sequence each, at
-        most, beside the committed one."""
-        return self.target_ctx.n_seq_max - 1
-
-    def drafter_for(self, mode: str, ngram: bool) -> Drafter | None:
-        """The drafter of a mode: none for ar; tree grafts guesses onto the model's unless told not to."""
-        if mode == "lookup":
-            return self.lookup_drafter
-        if mode == "tree" and ngram:
-            return self.graft_drafter
-        return self.model_drafter if mode != "ar" else None
+    def _costs(self, policy: str) -> CostModel | None:
+        """The adaptive policy's price list; None for a fixed plan (without a draft, every mode
+        has one)."""
+        if policy == "fixed" or not self.draft_ctx:
+            return None
+        return CostModel(cached_costs(self.target_ctx, TARGET_SIZES), cached_costs(self.draft_ctx, DRAFT_SIZES),
+                         host_per_node=host_cost_per_node(self.draft_model.n_vocab))
 
     def decode_clocks(self, since: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
         """Seconds inside llama_decode so far, (target, draft), less `since`."""

@@ -184,6 +184,9 @@ class GenOptions(_Checked):
         "Prompt + --max-tokens beyond the context: refuse up front (error), or stop cleanly there."))
     ngram: bool = _option(True, "--ngram/--no-ngram", kind=bool,
                           help="In tree mode, add prompt-lookup guesses (text found earlier in the context).")
+    cache_prompt: bool = _option(True, "--cache-prompt/--no-cache-prompt", kind=bool, help=(
+        "Start from the cache cells of the last generation where its tokens begin this prompt "
+        "(the next turn of a chat): only the rest is prefilled."))
     stop: tuple = _option((), "--stop", kind=tuple, check=_stop, metavar="TEXT",
                           help="Stop before this text (repeatable); it is not part of the output.")
 

@@ -47,6 +47,33 @@ class TreeShape:
         return self.max_total_nodes + (self.guess_nodes or 0)
 
 
+@dataclass(frozen=True)
+class Beside:
+    """What the other generations of a shared round bring to it (serve --parallel): the tokens
+    they expect to gain, the seconds they spend beside the target's pass (drafting, host work),
+    and the tokens they add to the pass. A round's rate is all its tokens over all its time."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    nodes: int = 0
+    runs: int = 0
+
+    def __add__(self, other: "Beside") -> "Beside":
+        return Beside(self.tokens + other.tokens, self.seconds + other.seconds, self.nodes + other.nodes,
+                      self.runs + other.runs)
+
+    def __sub__(self, other: "Beside") -> "Beside":
+        return Beside(self.tokens - other.tokens, self.seconds - other.seconds, self.nodes - other.nodes,
+                      self.runs - other.runs)
+
+    def rounded(self) -> "Beside":
+        """Coarse (a tenth of a token, a millisecond, eight nodes): plans are remembered by it."""
+        return Beside(round(self.tokens, 1), round(self.seconds, 3), 8 * round(self.nodes / 8), self.runs)
+
+
+ALONE = Beside()
+
+
 PLAIN = TreeShape(max_depth=0, max_nodes_per_level=0, max_total_nodes=0, branch=0, expand=0,
                   use_model=False, guess_nodes=0)
 
@@ -70,6 +97,7 @@ class RoundOutcome:
     decode: tuple[float, float]  # seconds inside llama_decode: (target, draft), this round's own
     ready_rows: int = 0  # draft rows this round took from the last target pass, for no call
     ahead_s: float = 0.0  # draft decodes during this round's target pass, for the next round
+    shared_pass: bool = False  # the target's pass verified other generations' trees too
 
     @property
     def draft_calls(self) -> int:

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from .costs import CostModel
-from .plan import GUESS_LEN, PLAIN, RoundOutcome, TreeShape, prob_bin
+from .plan import ALONE, GUESS_LEN, PLAIN, Beside, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
@@ -63,7 +63,9 @@ def capped(shape: TreeShape, caps: Caps) -> TreeShape:
 
 
 class Policy(Protocol):
-    def plan(self, mode: str, caps: Caps) -> TreeShape: ...
+    share: Beside  # what the last plan brings to a shared round
+
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape: ...
 
     def observe(self, outcome: RoundOutcome) -> None: ...
 
@@ -75,11 +77,14 @@ class FixedPolicy:
 
     def __init__(self, base: TreeShape = DEFAULT_TREE):
         self.base = base
+        self.share = Beside(1.0, 0.0, 1, 1)
 
-    def plan(self, mode: str, caps: Caps) -> TreeShape:
-        fixed = fixed_plan(mode, caps)
-        if fixed:
-            return fixed
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape:
+        shape = fixed_plan(mode, caps) or self._tree(caps)
+        self.share = Beside(1.0, 0.0, 1 + shape.max_total_nodes, 1)  # no costs known: its nodes
+        return shape
+
+    def _tree(self, caps: Caps) -> TreeShape:
         per_level = caps.max_nodes_per_level or self.base.max_nodes_per_level
         wanted = TreeShape(max_depth=caps.max_depth or self.base.max_depth,
                            max_nodes_per_level=per_level,
@@ -183,18 +188,33 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
         calls = calls + [len(expanded)]
 
 
-def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel) -> float:
-    """Expected generated tokens per second: (accepted + the bonus token) / the round's time."""
-    return (accepted + 1.0) / cost.round_s(calls, nodes)
+def round_rate(accepted: float, nodes: int, calls: list[int], cost: CostModel, beside: Beside = ALONE) -> float:
+    """Expected generated tokens per second: (accepted + the bonus token) / the round's time; in
+    a shared round, all its generations' tokens over its whole time."""
+    return (accepted + 1.0 + beside.tokens) / cost.round_s(calls, nodes, beside)
 
 
-def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> float:
+def _expected(shape: TreeShape, pi: np.ndarray) -> tuple[float, int, list[int]]:
+    """(accepted tokens, nodes, tokens fed per draft call) of a shape's tree, in expectation."""
+    if not shape.max_total_nodes or not shape.max_depth:
+        return 0.0, 0, []
     *_, (_, accepted, nodes, calls, _) = grow_levels(shape.branch, shape.expand, shape.max_nodes_per_level,
                                                       shape.max_total_nodes, shape.max_depth, pi)
-    return round_rate(accepted, nodes, calls, cost)
+    return accepted, nodes, calls
 
 
-def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
+def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel, beside: Beside = ALONE) -> float:
+    return round_rate(*_expected(shape, pi), cost, beside)
+
+
+def shape_share(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> Beside:
+    """What a round of this shape brings to a shared round: its expected tokens, its seconds
+    beside the pass, its tokens in the pass (the root's included)."""
+    accepted, nodes, calls = _expected(shape, pi)
+    return Beside(accepted + 1.0, cost.round_s(calls, nodes) - cost.verify_s(1 + nodes), 1 + nodes, 1)
+
+
+def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel, beside: Beside = ALONE) -> TreeShape:
     """Search branch x expand; every depth of a tree is a prefix of the deeper one, so each pair
     is grown once and cut at every depth. min_expand_prob is the reach of the least likely node
     the best tree grows: the drafter grows nodes at least that likely, however deep."""
@@ -211,7 +231,7 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel) -> TreeShape:
                                                                 total_cap, max_depth, pi):
             drafting += cost.draft_points_s(calls[-1])
             fed += calls[-1]
-            rate = (accepted + 1.0) / cost.round_s_of(drafting, len(calls), fed, nodes)
+            rate = (accepted + 1.0 + beside.tokens) / cost.round_s_of(drafting, len(calls), fed, nodes, beside)
             if rate > best_rate:
                 best_rate = rate
                 best = TreeShape(max_depth=depth, max_nodes_per_level=per_level,
@@ -312,7 +332,9 @@ class AdaptivePolicy:
         self.cost = self._corrected if learn_costs else self._calibrated
         self.learned = self._learned if learn_costs else Learned()
         self.learn_costs = learn_costs
-        self._plans: dict[Caps, tuple[int, TreeShape, TreeShape | None]] = {}  # by round planned
+        # by caps and the other generations in the round: (round planned, plan, tree to try, share)
+        self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
+        self.share = Beside(1.0, 0.0, 1, 1)
         self._rounds = 0
 
     @property
@@ -327,40 +349,45 @@ class AdaptivePolicy:
     def guesses(self) -> GuessAcceptance:
         return self.learned.guesses
 
-    def plan(self, mode: str, caps: Caps) -> TreeShape:
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape:
+        """The round's shape; beside: what the other generations bring to a shared round, whose
+        tokens per second, all generations together, the plan maximises."""
         fixed = fixed_plan(mode, caps)
         if fixed:
             return fixed
-        # learn fast while statistics are thin: replan after rounds 1, 2, 4 and 8, then every 8
-        last = self._plans[caps][0] if caps in self._plans else None
+        # learn fast while statistics are thin: replan after rounds 1, 2, 4 and 8, then every 8,
+        # and when generations join or leave the shared round
+        key = (caps, beside.runs)
+        last = self._plans[key][0] if key in self._plans else None
         due = min(max(last, 1), self.REPLAN_EVERY) if last is not None else 0
         if last is None or self._rounds >= last + due:
-            self._plans[caps] = (self._rounds, *self._plan(caps))
-        _, chosen, explore = self._plans[caps]
+            self._plans[key] = (self._rounds, *self._plan(caps, beside.rounded()))
+        _, chosen, explore, self.share = self._plans[key]
         if explore is not None and self._rounds % self.EXPLORE_EVERY == 0:
             return explore
         return chosen
 
-    def _plan(self, caps: Caps) -> tuple[TreeShape, TreeShape | None]:
-        """The plan to use, and a tree to try now and then while plain decoding wins narrowly."""
+    def _plan(self, caps: Caps, beside: Beside) -> tuple[TreeShape, TreeShape | None, Beside]:
+        """The plan to use, a tree to try now and then while plain decoding wins narrowly, and
+        what the plan brings to a shared round."""
         pi = np.round(self.acceptance.pi(), 2)  # coarse: the searches below are remembered by it
-        shape = self._best_shape(caps, pi)
-        rate = shape_rate(shape, pi, self.cost)
-        plain_rate = 1.0 / self.cost.plain_s()
+        shape = self._best_shape(caps, pi, beside)
+        rate = shape_rate(shape, pi, self.cost, beside)
+        plain_rate = (1.0 + beside.tokens) / self.cost.plain_s(beside)
         if rate <= plain_rate:
             plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
             near = rate >= self.EXPLORE_WITHIN * plain_rate
-            return plain, (self._tree(shape, rate, caps, pi) if near else None)
-        return self._tree(shape, rate, caps, pi), None
+            return plain, (self._tree(shape, rate, caps, pi) if near else None), shape_share(PLAIN, pi, self.cost)
+        return self._tree(shape, rate, caps, pi), None, shape_share(shape, pi, self.cost)
 
-    def _best_shape(self, caps: Caps, pi: np.ndarray) -> TreeShape:
+    def _best_shape(self, caps: Caps, pi: np.ndarray, beside: Beside) -> TreeShape:
         """best_shape, remembered: a search costs milliseconds, and every generation starts
         from the same prior on the same machine."""
-        key = (caps, pi.tobytes(), self.cost.signature())
+        key = (caps, pi.tobytes(), self.cost.signature(), beside)
         if key not in self._searched:
             if len(self._searched) > 256:
                 self._searched.clear()
-            self._searched[key] = best_shape(caps, pi, self.cost)
+            self._searched[key] = best_shape(caps, pi, self.cost, beside)
         return self._searched[key]
 
     def _tree(self, shape: TreeShape, rate: float, caps: Caps, pi: np.ndarray) -> TreeShape:
@@ -377,7 +404,7 @@ class AdaptivePolicy:
 
     def observe(self, outcome: RoundOutcome) -> None:
         self._rounds += 1
-        if self.learn_costs:
+        if self.learn_costs and not outcome.shared_pass:  # a shared pass's time is not this tree's
             self.cost.learn(outcome)
         self.guesses.observe(outcome.tree, outcome.verdict)
         if outcome.model_drafted:  # the statistics below are about how the draft model ranks

@@ -19,6 +19,7 @@ class RunStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     prompt_s: float = 0.0
+    prompt_cached: int = 0  # prompt tokens whose cells the last generation left (not prefilled)
     model_rounds: int = 0  # rounds the draft model drafted
     ready_rounds: int = 0  # ... starting from rows it decoded during the last target pass
     ahead_s: float = 0.0  # the draft's decodes during target passes
@@ -52,6 +53,7 @@ class RunStats:
             "prompt_tokens": prompt_tokens,
             "wall_s": round(wall_s, 4),
             "prompt_s": round(self.prompt_s, 4),
+            "prompt_cached": self.prompt_cached,
             "tokens_per_s": round(tokens / max(decode_s, 1e-9), 3),
             "mode": self.mode,
             "temperature": self.temperature,

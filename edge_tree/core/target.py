@@ -9,10 +9,11 @@ every other cell leaves the cache, the commit of llama.cpp's examples/speculativ
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..llamacpp.llama import Batch, Context
-from .tree import TokenTree, branch_seq_ids
+from ..llamacpp.share import Share
+from .tree import TokenTree, branch_seq_ids, common_prefix
 
 
 def decode_while_ahead(ctx: Context, batch: Batch, meanwhile: Callable[[Callable[[], bool]], None]) -> None:
@@ -38,52 +39,82 @@ def decode_while_ahead(ctx: Context, batch: Batch, meanwhile: Callable[[Callable
 
 
 class TargetRunner:
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.batch = Batch(ctx.n_batch, ctx.n_seq_max)
+    """The target's side of one generation, in its share of the target's context (llamacpp/share.py):
+    seq ids below are the share's own, 0 the committed sequence."""
+
+    def __init__(self, share: Share):
+        self.share = share
+        self.ctx = share.ctx
+        self.batch = Batch(self.ctx.n_batch, self.ctx.n_seq_max)
         self.n_cached = 0  # committed tokens in the cache; the round's root is not among them
         self._seqs: list[list[int]] = []
 
+    @property
+    def cells(self) -> int:
+        return self.share.cells
+
     def reset(self) -> None:
-        self.ctx.clear()
+        self.share.clear()
         self.n_cached = 0
 
     def close(self) -> None:
         self.batch.close()
 
-    def prefill(self, tokens: list[int]) -> None:
-        """Everything but the last token, which becomes the first round's root."""
-        if len(tokens) > 1:
-            self.ctx.feed(self.batch, tokens[:-1], 0)
+    def prefill(self, tokens: list[int], held: Sequence[int] = ()) -> int:
+        """Everything but the last token, which becomes the first round's root. held: the tokens
+        of the last generation on this share, whose first n_cached cells its commits left in
+        the cache: the part they share with the prompt is kept, not decoded again. Returns how
+        many tokens were kept."""
+        first = self.share.first
+        kept = common_prefix(held[:self.n_cached], tokens[:-1])
+        if kept and not self.share.holds(first, self.n_cached):
+            kept = 0
+        if kept:
+            self.ctx.seq_rm(first, kept, -1)  # commits left no other sequence holding cells
+        else:
+            self.reset()
+        if len(tokens) - 1 > kept:
+            self.ctx.feed(self.batch, tokens[kept:-1], kept, first)
         self.n_cached = len(tokens) - 1
+        return kept
 
     def evaluate(self, tree: TokenTree, meanwhile: Callable[[Callable[[], bool]], None] | None = None):
         """One target pass over root + all nodes; returns node index -> logits (valid until the
         next decode). meanwhile(busy): work for this thread while the pass runs on another,
         until busy() turns False (the pass ends whether or not it looks)."""
-        self._seqs = branch_seq_ids(tree)
-        for seq in range(1, len(self._seqs[0])):
-            self.ctx.seq_cp(0, seq)
         self.batch.clear()
-        for i in range(tree.n):
-            self.batch.add(int(tree.token[i]), self.n_cached + int(tree.depth[i]), self._seqs[i], True)
+        self.stage(tree, self.batch)
         if meanwhile:
             decode_while_ahead(self.ctx, self.batch, meanwhile)
         else:
             self.ctx.decode(self.batch)
         return self.ctx.logits  # batch index == node index
 
+    def stage(self, tree: TokenTree, batch: Batch) -> int:
+        """Add root + all nodes to `batch` (a pass that may carry other generations' trees too);
+        returns the batch index of the root, the first of the tree's rows."""
+        first = self.share.first
+        self._seqs = branch_seq_ids(tree)
+        for seq in range(1, len(self._seqs[0])):
+            self.ctx.seq_cp(first, first + seq)
+        start = batch.n_tokens
+        for i in range(tree.n):
+            batch.add(int(tree.token[i]), self.n_cached + int(tree.depth[i]),
+                      [first + seq for seq in self._seqs[i]], True)
+        return start
+
     def commit(self, tree: TokenTree, last_node: int) -> None:
         """Keep prefix + root + accepted path (ending at last_node) as seq 0, drop the rest."""
-        seq = self._seqs[last_node][0]
+        first, used = self.share.first, len(self._seqs[0])
+        seq = first + self._seqs[last_node][0]
         end = self.n_cached + int(tree.depth[last_node]) + 1
         # each cache operation scans every cell: skip those with nothing to do (plain decoding
         # keeps all it decoded, a chain has no other branch)
         if end < self.n_cached + tree.n:
             self.ctx.seq_rm(seq, end, -1)
-        if len(self._seqs[0]) > 1:  # the root is in several branches
-            if seq != 0:
-                self.ctx.seq_keep(seq)
-                self.ctx.seq_cp(seq, 0)
-            self.ctx.seq_keep(0)
+        if used > 1:  # the root is in several branches
+            if seq != first:
+                self.share.keep_only(seq, used)
+                self.ctx.seq_cp(seq, first)
+            self.share.keep_only(first, used)
         self.n_cached = end

@@ -8,6 +8,7 @@ index order gives every branch increasing positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -123,6 +124,13 @@ class TokenTree:
         """The leaf the draft likes best: highest cumulative log-prob, deeper on ties."""
         leaves = self.leaves()
         return max(leaves, key=lambda i: (self.cum_logprob[i], self.depth[i]))
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens a and b share from their start."""
+    n = min(len(a), len(b))
+    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(mismatch[0]) if len(mismatch) else n
 
 
 def branch_seq_ids(tree: TokenTree) -> list[list[int]]:

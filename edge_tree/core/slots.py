@@ -1,0 +1,127 @@
+"""Generations side by side (`serve --parallel N`): each on a lane of its own (lanes.py), every
+round's trees verified in one target pass.
+
+A round of the slots: each active run plans and drafts its tree (propose), the trees go into one
+batch, one llama_decode evaluates them all, and each run verifies its rows, commits and streams
+(conclude). A batch of many tokens costs little more than one where the weights dominate (a GPU,
+a large model), which is where serving many requests gains. Runs join and leave between rounds.
+A lone run takes the path generate() takes, the draft working ahead where it may.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..llamacpp.llama import Batch
+from ..records import StepRecord
+from .engine import Engine, GenerationResult, Run
+from .options import GenOptions
+from .plan import Beside
+from .tree import common_prefix
+
+
+class Slots:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.lanes = engine.models.lanes
+        self.runs: list[Run | None] = [None] * len(self.lanes)
+        ctx = engine.models.target_ctx
+        self._batch = Batch(ctx.n_batch, ctx.n_seq_max)
+        self._starts = 0
+        self.passes = 0  # target passes run, and those that verified several runs' trees
+        self.shared_passes = 0
+        self._started_at = [0] * len(self.lanes)  # which start each lane saw last
+
+    def close(self) -> None:
+        self._batch.close()
+
+    @property
+    def busy(self) -> int:
+        return sum(run is not None for run in self.runs)
+
+    @property
+    def free(self) -> int:
+        return len(self.runs) - self.busy
+
+    def start(self, prompt: str, options: GenOptions, *, on_text: Callable[[str], None] | None = None,
+              on_step: Callable[[StepRecord], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> int:
+        """Tokenize and prefill prompt on a free lane (one must be free); returns the lane's index.
+        Raises what generate() raises for the same request."""
+        engine = self.engine
+        mode = engine.check_mode(options.mode)
+        tokens = engine.tokenize_prompt(prompt, options)
+        slot = self._pick(tokens)
+        self._starts += 1
+        self._started_at[slot] = self._starts
+        run = Run(engine, self.lanes[slot], options, mode, on_text, on_step, should_stop, False)
+        try:
+            run.begin(tokens)
+        except BaseException:
+            self.lanes[slot].target.reset()
+            raise
+        self.runs[slot] = run
+        return slot
+
+    def _pick(self, tokens: list[int]) -> int:
+        """The free lane whose last generation shares the longest start with these tokens (its
+        cells are reused); among equals, the one used longest ago, keeping recent ones' cells."""
+        free = [slot for slot, run in enumerate(self.runs) if run is None]
+        return max(free, key=lambda slot: (common_prefix(self.lanes[slot].context, tokens),
+                                           -self._started_at[slot]))
+
+    def step(self) -> list[tuple[int, GenerationResult | Exception]]:
+        """One round for every active run. Returns the runs that ended in it: (slot, result), or
+        (slot, error) for a run that failed; their lanes are free again."""
+        ended: list[tuple[int, GenerationResult | Exception]] = []
+        proposals = {}
+        shares = {slot: run.policy.share for slot, run in enumerate(self.runs) if run is not None}
+        everyone = sum(shares.values(), Beside())
+        for slot, run in enumerate(self.runs):
+            if run is None:
+                continue
+            try:
+                proposal = run.propose(everyone - shares[slot])
+            except Exception as error:  # noqa: BLE001  this run fails; the others go on
+                ended.append(self._end(slot, error))
+                continue
+            if proposal is None:
+                ended.append(self._end(slot))
+            else:
+                proposals[slot] = proposal
+        if proposals:
+            self.passes += 1
+            self.shared_passes += len(proposals) > 1
+            try:
+                self._verify(proposals)
+            except Exception as error:  # noqa: BLE001  the pass failed: every run in it did
+                ended += [self._end(slot, error) for slot in proposals]
+                return ended
+            ended += [self._end(slot) for slot in proposals if self.runs[slot].stop]
+        return ended
+
+    def _verify(self, proposals: dict) -> None:
+        models = self.engine.models
+        if len(proposals) == 1:  # as generate() does it
+            (slot, proposal), = proposals.items()
+            self.runs[slot].verify_alone(proposal)
+            return
+        batch = self._batch
+        batch.clear()
+        starts = {slot: self.runs[slot].lane.target.stage(p.tree, batch) for slot, p in proposals.items()}
+        ctx = models.target_ctx
+        before = ctx.decode_s
+        ctx.decode(batch)
+        pass_s = ctx.decode_s - before
+        for slot, proposal in proposals.items():
+            start = starts[slot]
+            self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), pass_s, shared=True)
+
+    def _end(self, slot: int, error: Exception | None = None) -> tuple[int, GenerationResult | Exception]:
+        run, self.runs[slot] = self.runs[slot], None
+        if error is not None:
+            self.lanes[slot].target.reset()  # whatever the failed round left in the caches
+            if self.lanes[slot].model_drafter:
+                self.lanes[slot].model_drafter.share.clear()
+            return slot, error
+        return slot, run.finish()

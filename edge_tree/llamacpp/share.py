@@ -1,0 +1,44 @@
+"""A generation's share of a llama.cpp context that several generations use side by side."""
+
+from __future__ import annotations
+
+from ..errors import EdgeTreeError
+from .llama import Context
+
+
+class Share:
+    """One generation's part of a context that several generations use side by side (`serve
+    --parallel`): the sequences first..first+count-1 and, by agreement, `cells` of the KV cells.
+    A lone generation's share is the whole context, where one llama.cpp call does what a share
+    otherwise does sequence by sequence (each cache operation scans every cell)."""
+
+    def __init__(self, ctx: Context, first: int = 0, count: int | None = None, cells: int | None = None):
+        self.ctx = ctx
+        self.first = first
+        self.count = ctx.n_seq_max if count is None else count
+        self.cells = ctx.n_ctx if cells is None else cells
+        self.whole = first == 0 and self.count == ctx.n_seq_max
+        if first < 0 or first + self.count > ctx.n_seq_max or self.count < 1:
+            raise EdgeTreeError(f"internal: sequences {first}..{first + self.count - 1} are not the context's")
+
+    def holds(self, seq: int, n: int) -> bool:
+        """Whether sequence `seq` (absolute) holds positions 0..n-1 and none past them, as its
+        owner left it (a cache cleared behind its back holds nothing)."""
+        return self.ctx.seq_pos_min(seq) == 0 and self.ctx.seq_pos_max(seq) == n - 1
+
+    def clear(self) -> None:
+        if self.whole:
+            self.ctx.clear()
+            return
+        for seq in range(self.first, self.first + self.count):
+            self.ctx.seq_rm(seq)
+
+    def keep_only(self, seq: int, used: int | None = None) -> None:
+        """Drop every cell not in sequence `seq` (absolute); `used`: how many of the share's
+        sequences may hold cells (the rest are known empty)."""
+        if self.whole:
+            self.ctx.seq_keep(seq)
+            return
+        for other in range(self.first, self.first + min(self.count, used or self.count)):
+            if other != seq:
+                self.ctx.seq_rm(other)

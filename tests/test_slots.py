@@ -1,0 +1,170 @@
+"""Generations side by side on one engine (core/slots.py), on tiny models: every round's trees in
+one target pass, each reply the same as the same request's reply alone; runs that join and leave
+mid-run; the prompt cache, which prefills only what the last generation on a lane did not leave."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_tree import Engine
+from edge_tree.core.slots import Slots
+from edge_tree.core.tree import common_prefix
+
+from neartie import PROMPTS, assert_same_or_near_tie
+
+LANES = 8
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def alone(tiny_target, tiny_draft_same):
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=512, policy="fixed") as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def side_by_side(tiny_target, tiny_draft_same):
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=512 * LANES, policy="fixed",
+                lanes=LANES) as engine:
+        yield engine
+
+
+@pytest.fixture
+def slots(side_by_side, monkeypatch):
+    """The engine's slots, counting the target's passes."""
+    ctx = side_by_side.models.target_ctx
+    passes = []
+    decode = ctx.decode
+    monkeypatch.setattr(ctx, "decode", lambda batch: (passes.append(batch.n_tokens), decode(batch))[1])
+    slots = Slots(side_by_side)
+    slots.decodes = passes  # the size of every target decode
+    yield slots
+    slots.close()
+
+
+def run_all(slots: Slots, requests: dict[int, tuple[str, dict]], join_after: int = 0,
+            later: dict[int, tuple[str, dict]] | None = None) -> dict[int, object]:
+    """Start `requests` (key -> prompt, options), step; after join_after rounds start `later`
+    too; returns key -> result."""
+    from edge_tree.core.options import GenOptions
+
+    lane_of, results = {}, {}
+    for key, (prompt, options) in requests.items():
+        lane_of[slots.start(prompt, GenOptions(**options))] = key
+    rounds = 0
+    while slots.busy:
+        for lane, outcome in slots.step():
+            assert not isinstance(outcome, Exception), outcome
+            results[lane_of.pop(lane)] = outcome
+        rounds += 1
+        if later and rounds == join_after:
+            for key, (prompt, options) in later.items():
+                lane_of[slots.start(prompt, GenOptions(**options))] = key
+    return results
+
+
+def test_eight_requests_side_by_side_each_equal_their_reply_alone(alone, slots):
+    requests = {k: (prompt, {"max_tokens": MAX_TOKENS}) for k, prompt in enumerate(PROMPTS)}
+    results = run_all(slots, requests)
+    for k, prompt in enumerate(PROMPTS):
+        reference = alone.generate(prompt, max_tokens=MAX_TOKENS, mode="ar").tokens
+        assert len(results[k].tokens) == MAX_TOKENS
+        assert_same_or_near_tie(alone, prompt, reference, results[k].tokens)
+    rounds = sum(result.stats["rounds"] for result in results.values())
+    drafted = sum(result.stats["drafted"] for result in results.values())
+    tree_passes = [n for n in slots.decodes if n > 1]
+    assert drafted > 0  # trees were drafted: the shared passes verified them
+    # every round of every run was in a pass, and passes carried several runs' trees at once
+    assert len(slots.decodes) < rounds / 2, (len(slots.decodes), rounds)
+    assert max(tree_passes) > 2 * max(result.stats["drafted"] / result.stats["rounds"] + 1
+                                      for result in results.values())
+
+
+def test_requests_join_and_leave_mid_run(alone, slots):
+    first = {k: (PROMPTS[k], {"max_tokens": 8 + 12 * k}) for k in range(3)}  # they leave in turn
+    later = {3 + k: (PROMPTS[3 + k], {"max_tokens": 16, "mode": mode})
+             for k, mode in enumerate(("tree", "chain", "ar"))}
+    results = run_all(slots, first, join_after=3, later=later)
+    assert sorted(results) == list(range(6))
+    for key, (prompt, options) in {**first, **later}.items():
+        reference = alone.generate(prompt, max_tokens=options["max_tokens"], mode="ar").tokens
+        assert len(results[key].tokens) == options["max_tokens"]
+        assert_same_or_near_tie(alone, prompt, reference, results[key].tokens)
+    assert slots.free == LANES
+
+
+def test_a_seeded_sampled_request_is_the_same_beside_others(slots):
+    sampled = {"max_tokens": MAX_TOKENS, "temperature": 1.0, "seed": 1234}
+    lone = run_all(slots, {0: (PROMPTS[1], sampled)})[0]
+    crowd = {0: (PROMPTS[1], sampled)} | {k: (PROMPTS[k], {"max_tokens": MAX_TOKENS, "temperature": 0.7})
+                                          for k in range(2, 6)}
+    beside = run_all(slots, crowd)[0]
+    assert beside.text == lone.text and beside.tokens == lone.tokens
+
+
+def test_a_failing_request_leaves_the_others_running(alone, slots, monkeypatch):
+    from edge_tree.core.options import GenOptions
+
+    good = slots.start(PROMPTS[0], GenOptions(max_tokens=MAX_TOKENS))
+    bad = slots.start(PROMPTS[1], GenOptions(max_tokens=MAX_TOKENS))
+    drafter = slots.runs[bad].drafter
+    monkeypatch.setattr(drafter, "propose", lambda request: (_ for _ in ()).throw(RuntimeError("drafter broke")))
+    ended = {}
+    while slots.busy:
+        ended.update(slots.step())
+    assert isinstance(ended[bad], RuntimeError)
+    reference = alone.generate(PROMPTS[0], max_tokens=MAX_TOKENS, mode="ar").tokens
+    assert_same_or_near_tie(alone, PROMPTS[0], reference, ended[good].tokens)
+    monkeypatch.undo()
+    again = run_all(slots, {0: (PROMPTS[1], {"max_tokens": MAX_TOKENS})})[0]  # the lane is clean
+    assert_same_or_near_tie(alone, PROMPTS[1], alone.generate(PROMPTS[1], max_tokens=MAX_TOKENS, mode="ar").tokens,
+                            again.tokens)
+
+
+# -- the prompt cache ---------------------------------------------------------------------------
+
+def test_the_next_turn_prefills_only_its_new_tokens(tiny_target, tiny_draft_same):
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=1024, policy="fixed") as engine:
+        first_prompt = "Once upon a time, there"
+        first = engine.generate(first_prompt, max_tokens=MAX_TOKENS)
+        assert first.stats["prompt_cached"] == 0
+        follow = first_prompt + first.text + " and then"
+        tokens = engine.target_model.tokenize(follow)
+        # the cache holds all but the last token: that was the next round's root
+        held = (engine.target_model.tokenize(first_prompt) + first.tokens)[:-1]
+        second = engine.generate(follow, max_tokens=MAX_TOKENS)
+        fresh = engine.generate(follow, max_tokens=MAX_TOKENS, cache_prompt=False)
+        assert fresh.stats["prompt_cached"] == 0
+        asked_first = len(engine.target_model.tokenize(first_prompt))
+    expected = common_prefix(held, tokens[:-1])
+    assert expected > asked_first  # the reply's tokens too
+    assert second.stats["prompt_cached"] == expected
+    assert second.text == fresh.text
+
+
+def test_a_cache_cleared_behind_the_engines_back_is_not_trusted(tiny_target, tiny_draft_same):
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=1024, policy="fixed") as engine:
+        first = engine.generate(PROMPTS[0], max_tokens=MAX_TOKENS)
+        engine.models.target_ctx.clear()
+        engine.models.draft_ctx.clear()
+        again = engine.generate(PROMPTS[0], max_tokens=MAX_TOKENS)
+        assert again.stats["prompt_cached"] == 0
+        assert again.tokens == first.tokens
+
+
+def test_slots_pick_the_lane_that_holds_the_longest_start(side_by_side):
+    from edge_tree.core.options import GenOptions
+
+    slots = Slots(side_by_side)
+    try:
+        for prompt in PROMPTS[:3]:  # three lanes hold three conversations
+            run_all(slots, {0: (prompt, {"max_tokens": 8})})
+        asked = side_by_side.target_model.tokenize(PROMPTS[1])
+        holder = next(k for k, lane in enumerate(slots.lanes) if lane.context[:len(asked)] == asked)
+        slot = slots.start(PROMPTS[1] + " and more", GenOptions(max_tokens=4))
+        assert slot == holder
+        assert slots.runs[slot].stats.prompt_cached >= len(asked) - 1
+        while slots.busy:
+            slots.step()
+    finally:
+        slots.close()
