@@ -18,6 +18,7 @@ from ..core.options import LoadOptions, click_options
 from ..errors import EdgeTreeError, UsageError, user_errors
 
 DEFAULT_MAX_BODY = 8 * 2**20  # bytes: far above any context's worth of text, far below harm
+MAX_SLOTS = 32  # each slot needs 8 of a context's 256 sequences at least
 
 SERVE_EXAMPLES = """
 \b
@@ -36,9 +37,17 @@ Examples:
 @click.option("--port", type=int, default=8080, show_default=True, help="Port to listen on (0: any free one).")
 @click.option("--trace-dir", type=click.Path(file_okay=False),
               help="Write each request's steps to DIR/<request id>/trace.jsonl (and report.html).")
+@click.option("-np", "--parallel", type=int, default=1, show_default=True,
+              help="Slots: requests generated side by side, every round's trees verified in one "
+                   "target pass. --ctx-size is shared: each slot gets an equal part.")
 @click.option("--queue", "queue_size", type=int, default=8, show_default=True,
-              help="Requests that may wait while one generates; more are answered 429 (0: none "
-                   "wait, a request is served only when the engine is free).")
+              help="Requests that may wait while every slot is busy; more are answered 429 (0: "
+                   "none wait, a request is served only when a slot is free).")
+@click.option("-n", "--n-predict", type=int, default=-1, show_default=True,
+              help="max_tokens of a request that names none (-1: up to the slot's context).")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds a generation may run at most (0: no limit); a request's max_time may "
+                   "only lower it. Past it the reply ends with finish_reason 'length'.")
 @click.option("--api-key", envvar="EDGE_TREE_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
 @click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,
@@ -46,17 +55,24 @@ Examples:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server from a "
                    "browser; repeat for more. None by default.")
-def serve(host, port, trace_dir, queue_size, api_key, max_body, cors_origins, **options):
+def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, api_key, max_body, cors_origins,
+          **options):
     """Serve the target (with its draft) over OpenAI's API: /v1/completions, /v1/chat/completions,
-    /v1/models and /health, streaming or not, one generation at a time.
+    /v1/models, /health and /metrics, streaming or not, --parallel generations at a time.
 
     With no --target, edge-tree serves its demo pair (Gemma 3 270M: F32 target, Q4_K_M draft).
     """
     from ..viz.jsonl import check_trace_dir
 
     with user_errors():
+        if not 1 <= parallel <= MAX_SLOTS:
+            raise UsageError("--parallel", f"must be in 1..{MAX_SLOTS}, got {parallel}")
         if queue_size < 0:
             raise UsageError("--queue", f"must be at least 0, got {queue_size}")
+        if n_predict < -1 or n_predict == 0:
+            raise UsageError("--n-predict", f"must be -1 or at least 1, got {n_predict}")
+        if timeout < 0:
+            raise UsageError("--timeout", f"must be at least 0, got {timeout}")
         if max_body < 1:
             raise UsageError("--max-body", f"must be at least 1, got {max_body}")
         if api_key is not None and not api_key.strip():
@@ -70,10 +86,11 @@ def serve(host, port, trace_dir, queue_size, api_key, max_body, cors_origins, **
             click.echo(f"edge-tree: warning: listening on {host} without --api-key: anyone who can "
                        "reach this address can use the server", err=True)
         with listener:
-            from .runner import run
+            from .runner import Settings, run
 
-            run(lambda: Engine(options=load_options, progress=True), listener, queue_size, trace_dir,
-                api_key, max_body, loopback, cors_origins)
+            settings = Settings(queue_size, trace_dir, api_key, max_body, loopback, cors_origins,
+                                n_predict if n_predict > 0 else None, timeout or None)
+            run(lambda: Engine(options=load_options, progress=True, lanes=parallel), listener, settings)
 
 
 def _loopback(listener: socket.socket) -> bool:

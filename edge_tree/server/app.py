@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from ..core.chat import ChatTemplate
 from ..core.engine import GenerationResult
 from ..errors import EdgeTreeError
-from . import wire
+from . import metrics, wire
 from .guard import Guard
 from .worker import Closed, Job, QueueFull, Unavailable, Worker
 
@@ -40,14 +40,13 @@ class ClientGone(Exception):
 
 
 def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int, loopback_only: bool,
-               cors_origins: tuple[str, ...]) -> FastAPI:
+               cors_origins: tuple[str, ...], limits: wire.Limits) -> FastAPI:
     app = FastAPI(title="edge-tree", version="1", openapi_url=None)
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, loopback_only=loopback_only)
     if cors_origins:  # outside the guard: a browser's preflight carries no key
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
     engine = worker.engine
-    n_ctx = engine.target_ctx.n_ctx
     template = _template_or_error(engine.target_model)
 
     @app.exception_handler(wire.ApiError)
@@ -66,30 +65,35 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
     @app.get("/health")
     async def health():
         counters = worker.counters
-        state = {"status": "ok", "model": model_id, "running": int(worker.running is not None),
+        state = {"status": "ok", "model": model_id, "running": len(worker.running),
                  "waiting": worker.waiting, "queue_size": worker.queue_size, "served": counters.served,
-                 "cancelled": counters.cancelled, "rejected": counters.rejected}
+                 "cancelled": counters.cancelled, "rejected": counters.rejected,
+                 "slots": worker.slot_states()}
         if worker.lost:  # answered, but unhealthy: a load balancer takes this server out
             return JSONResponse(state | {"status": "unavailable", "running": 0, "error": str(worker.lost)}, 503)
         return state
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(worker), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models():
         draft = engine.draft_path and Path(engine.draft_path).stem  # names: paths stay on this machine
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0,
                                             "owned_by": "edge-tree", "draft": draft,
-                                            "context_length": n_ctx}]}
+                                            "context_length": limits.n_ctx}]}
 
     # parsing a body of megabytes and rendering a template run on threads: the event loop goes
     # on answering /health, the queue's other clients and streams meanwhile
     @app.post("/v1/completions")
     async def completions(request: Request):
-        call = await asyncio.to_thread(wire.parse, await request.body(), False, model_id, n_ctx)
+        call = await asyncio.to_thread(wire.parse, await request.body(), False, model_id, limits)
         return await answer(request, call, call.prompt)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        call = await asyncio.to_thread(wire.parse, await request.body(), True, model_id, n_ctx)
+        call = await asyncio.to_thread(wire.parse, await request.body(), True, model_id, limits)
         if isinstance(template, EdgeTreeError):
             raise wire.error_from(template, chat=True)
         try:
@@ -110,7 +114,7 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
             raise _closing() from None
         except Unavailable as e:
             raise wire.unavailable(e.args[0]) from None
-        watcher = asyncio.create_task(watch_client(request, job))
+        watcher = asyncio.create_task(watch_client(request, job, worker))
         try:
             event = await next_event(job, call)
             if call.stream:  # from here on Starlette watches the client, and cancels the stream
@@ -127,11 +131,13 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
     return app
 
 
-async def watch_client(request: Request, job: Job) -> None:
-    """Cancel the job when its client leaves before its answer begins (queued, or not streaming)."""
+async def watch_client(request: Request, job: Job, worker: Worker) -> None:
+    """Cancel the job when its client leaves before its answer begins (queued, or not streaming):
+    a waiting job leaves the queue at once, a running one stops at its next round."""
     while not await request.is_disconnected():
         await asyncio.sleep(WATCH_S)
     job.cancelled.set()
+    worker.withdraw(job)
 
 
 async def next_event(job: Job, call: wire.Call) -> Event:

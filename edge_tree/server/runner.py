@@ -6,6 +6,7 @@ import signal
 import socket
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from ..core.engine import Engine
 from ..errors import TargetLost, error_line
 from ..llamacpp import rpc
 from .app import create_app
+from .wire import Limits
 from .worker import Worker
 
 
@@ -23,19 +25,35 @@ def model_id(engine: Engine) -> str:
     return Path(engine.target_path).stem
 
 
-def run(load: Callable[[], Engine], listener: socket.socket, queue_size: int, trace_dir: str | None,
-        api_key: str | None, max_body: int, loopback: bool, cors_origins: tuple[str, ...]) -> None:
+@dataclass(frozen=True)
+class Settings:
+    """What `edge-tree serve` was told, beyond the models."""
+
+    queue_size: int
+    trace_dir: str | None
+    api_key: str | None
+    max_body: int
+    loopback: bool  # bound to a loopback address: only loopback Host headers are answered
+    cors_origins: tuple[str, ...]
+    n_predict: int | None  # the default max_tokens
+    timeout: float | None  # the longest generation, seconds
+
+
+def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings) -> None:
     """Load the engine on its worker's thread, then serve until a signal; then the running
-    generation ends after its round, the waiting requests get 503, and this returns."""
-    worker = Worker(load, queue_size, trace_dir)
+    generations end after their round, the waiting requests get 503, and this returns."""
+    worker = Worker(load, settings.queue_size, settings.trace_dir)
     worker.start()
     engine = worker.engine
-    app = create_app(worker, model_id(engine), api_key, max_body, loopback, cors_origins)
+    limits = Limits(engine.models.lanes[0].cells, settings.n_predict, settings.timeout)
+    app = create_app(worker, model_id(engine), settings.api_key, settings.max_body, settings.loopback,
+                     settings.cors_origins, limits)
     config = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = GracefulServer(config, worker)
     host, port = listener.getsockname()[:2]
     print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "
-          f"(queue {queue_size}; Ctrl-C to stop)", file=sys.stderr, flush=True)
+          f"({len(engine.models.lanes)} slot(s) of {limits.n_ctx} tokens, queue {settings.queue_size}; "
+          "Ctrl-C to stop)", file=sys.stderr, flush=True)
     rpc.on_host_failure(lambda error: _target_lost(worker, error))
     try:
         with _signals_end_quietly():

@@ -113,7 +113,17 @@ class Call:
         return self.object + ".chunk" if self.chat else self.object
 
 
-def parse(raw: bytes, chat: bool, model_id: str, n_ctx: int) -> Call:
+@dataclass(frozen=True)
+class Limits:
+    """The server's own bounds on a request: a slot's context, the default max_tokens
+    (--n-predict; None: up to the context) and the longest generation (--timeout, seconds)."""
+
+    n_ctx: int
+    n_predict: int | None = None
+    timeout: float | None = None
+
+
+def parse(raw: bytes, chat: bool, model_id: str, limits: Limits) -> Call:
     """A request body -> Call, or ApiError (400, 404) saying which field is wrong."""
     try:
         body = json.loads(raw)
@@ -142,7 +152,7 @@ def parse(raw: bytes, chat: bool, model_id: str, n_ctx: int) -> Call:
     include_usage = _typed(stream_options, "include_usage", bool, False, "stream_options.include_usage")
     text = _messages(body.get("messages")) if chat else _prompt(body.get("prompt"))
     return Call(chat, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", model_id,
-                _options(body, n_ctx), None if chat else text, text if chat else None,
+                _options(body, limits), None if chat else text, text if chat else None,
                 stream, include_usage, int(time.time()))
 
 
@@ -218,18 +228,27 @@ def _message(message, i: int) -> dict:
     return {"role": message["role"], "content": content}
 
 
-def _options(body: dict, n_ctx: int) -> GenOptions:
+def _options(body: dict, limits: Limits) -> GenOptions:
     """The generation options: OpenAI's sampling fields and edge-tree's own (mode, caps, ...),
-    checked as the CLI checks them. Without max_tokens, the reply may fill the context."""
+    checked as the CLI checks them. Without max_tokens, the reply has the server's default
+    length, or may fill the context; it never runs past the server's time limit."""
     values = {k: v for k, v in body.items() if k in GEN_FIELDS}
     if "max_tokens" not in values and "max_completion_tokens" in body:
         values["max_tokens"] = body["max_completion_tokens"]
     if "max_tokens" not in values:
-        values.update(max_tokens=n_ctx, context_full=values.get("context_full", "stop"))
+        values.update(max_tokens=limits.n_predict or limits.n_ctx,
+                      context_full=values.get("context_full", "stop"))
+    asked = values.get("max_time")
+    if limits.timeout is not None and (asked is None or _positive_number(asked)):  # else a 400 below
+        values["max_time"] = min(asked or limits.timeout, limits.timeout)
     try:
         return GenOptions.from_mapping(values)
     except UsageError as e:
         raise error_from(e, chat=False) from None
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _short(value: Any) -> str:
@@ -241,7 +260,8 @@ def _short(value: Any) -> str:
 
 def usage(result: GenerationResult) -> dict:
     prompt, completion = result.stats["prompt_tokens"], len(result.tokens)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": result.stats["prompt_cached"]}}
 
 
 def speculation(result: GenerationResult) -> dict:

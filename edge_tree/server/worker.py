@@ -1,12 +1,13 @@
-"""One engine, one generation at a time: a bounded FIFO of jobs and the thread that runs them.
+"""The engine's slots and the thread that runs them, with a bounded FIFO of jobs waiting for one.
 
-An Engine is not thread-safe, so a single thread owns it and takes jobs in arrival order. A job
-talks back to its request (on the server's event loop) through an asyncio queue of events:
-("text", piece) as text streams, then ("done", GenerationResult) or ("error", exception), or
-("closed", None) when the server shut down before the job ran, ("dropped", None) when its
+An Engine is not thread-safe, so a single thread owns it: it gives each waiting job a free slot
+(core/slots.py) in arrival order, and runs rounds of every busy slot, all trees in one target
+pass. A job talks back to its request (on the server's event loop) through an asyncio queue of
+events: ("text", piece) as text streams, then ("done", GenerationResult) or ("error", exception),
+or ("closed", None) when the server shut down before the job ran, ("dropped", None) when its
 client had left before it ran, or ("unavailable", TargetLost) when an RPC host of the target
-stopped answering before it ran. A job whose client went away is cancelled: the engine stops it
-at the next round boundary (should_stop), or skips it if it had not started.
+stopped answering before it ran. A job whose client went away is cancelled: its slot stops at
+the next round boundary (should_stop) and is free again; a waiting one leaves the queue at once.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import asyncio
 import collections
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
+from ..core.slots import Slots
 from ..errors import EdgeTreeError, TargetLost
 
 
@@ -44,6 +47,8 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.perf_counter)
+    trace: "_TraceWrites | None" = None
 
     def send(self, kind: str, value=None) -> None:
         """From the engine's thread to the request's coroutine."""
@@ -55,11 +60,26 @@ class Job:
 
 @dataclass
 class Counters:
-    """What /health reports: jobs finished, jobs cancelled by their client, 429s given."""
+    """What /health and /metrics report: jobs finished, jobs cancelled by their client, 429s
+    given, and the tokens of the jobs that ended (cancelled ones included)."""
 
     served: int = 0
     cancelled: int = 0
     rejected: int = 0
+    prompt_tokens: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0
+    decode_s: float = 0.0
+
+    def add(self, stats: dict) -> None:
+        self.prompt_tokens += stats["prompt_tokens"]
+        self.tokens += stats["tokens"]
+        self.drafted += stats["drafted"]
+        self.accepted += stats["accepted"]
+        self.rounds += stats["rounds"]
+        self.decode_s += stats["wall_s"] - stats["prompt_s"]
 
 
 class Worker:
@@ -71,12 +91,13 @@ class Worker:
     def __init__(self, load: Callable[[], Engine], queue_size: int, trace_dir: str | None = None):
         self._load = load
         self.engine: Engine | None = None
+        self.slots: Slots | None = None
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self.queue_size = queue_size
         self.trace_dir = trace_dir
         self.counters = Counters()
-        self.running: Job | None = None
+        self.running: dict[int, Job] = {}  # by slot
         self.lost: TargetLost | None = None
         self._waiting: collections.deque[Job] = collections.deque()
         self._closing = False
@@ -93,6 +114,7 @@ class Worker:
     def _main(self) -> None:
         try:
             self.engine = self._load()
+            self.slots = Slots(self.engine)
         except BaseException as e:  # told to start(), which raises it on the caller's thread
             self._load_error = e
             return
@@ -102,6 +124,7 @@ class Worker:
             self._loop()
         finally:
             if not self.lost:  # a lost target's models wait on their host forever: never freed
+                self.slots.close()
                 self.engine.close()
 
     @property
@@ -116,15 +139,24 @@ class Worker:
                 raise Closed
             if self.lost:
                 raise Unavailable(self.lost)
-            idle = self.running is None and not self._waiting  # the job starts at once
-            if not idle and len(self._waiting) >= self.queue_size:
+            if len(self._waiting) - self.slots.free >= self.queue_size:  # jobs it would wait behind
                 self.counters.rejected += 1
                 raise QueueFull
             self._waiting.append(job)
             self._wake.notify()
 
+    def withdraw(self, job: Job) -> None:
+        """A waiting job whose client left: its place goes at once (a running one stops at its
+        next round, through job.cancelled)."""
+        with self._wake:
+            if job not in self._waiting:
+                return
+            self._waiting.remove(job)
+            self.counters.cancelled += 1
+        job.send("dropped")
+
     def close(self) -> None:
-        """Take no more jobs: the running one stops after its round, the waiting ones are told
+        """Take no more jobs: the running ones stop after their round, the waiting ones are told
         the server closed. Safe to call from a signal handler (it only takes a short lock)."""
         with self._wake:
             self._closing = True
@@ -135,16 +167,29 @@ class Worker:
 
     def target_lost(self, error: TargetLost) -> None:
         """On llama.cpp's thread, when an RPC host of the target stopped answering: the running
-        job fails now (its thread stays inside llama.cpp for good, waiting on the host), the
+        jobs fail now (the thread stays inside llama.cpp for good, waiting on the host), the
         waiting ones and every later one are told the target is unavailable."""
         with self._wake:
             self.lost = error
             waiting, self._waiting = list(self._waiting), collections.deque()
-        running = self.running
-        if running:
-            running.send("error", error)
+        for job in list(self.running.values()):
+            job.send("error", error)
         for job in waiting:
             job.send("unavailable", error)
+
+    def slot_states(self) -> list[dict]:
+        """Each slot: idle, or the request it serves and the tokens generated so far."""
+        states = []
+        for slot, run in enumerate(list(self.slots.runs) if self.slots else []):
+            job = self.running.get(slot)
+            if run is None or job is None:
+                states.append({"id": slot, "state": "idle"})
+            else:
+                elapsed = time.perf_counter() - run.decode_started
+                states.append({"id": slot, "state": "generating", "request_id": job.request_id,
+                               "tokens": len(run.generated),
+                               "tokens_per_s": round(len(run.generated) / max(elapsed, 1e-9), 3)})
+        return states
 
     def join(self, timeout: float | None = None) -> None:
         if not self.lost:  # a lost target's thread never comes back
@@ -153,57 +198,63 @@ class Worker:
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._waiting and not self._closing:
+                while not self._waiting and not self.running and not self._closing:
                     self._wake.wait()
-                if self._closing:
+                if self._closing and not self.running:
                     return
-                job = self.running = self._waiting.popleft()
-            try:
-                self._run(job)
-            finally:
-                self.running = None
+                admitted = [self._waiting.popleft() for _ in range(min(self.slots.free, len(self._waiting)))]
+            for job in admitted:
+                self._start(job)
+            if self.running:
+                for slot, outcome in self.slots.step():
+                    self._end(self.running.pop(slot), outcome)
 
-    def _run(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
         if job.cancelled.is_set():  # its client left while it waited
             self.counters.cancelled += 1
             job.send("dropped")
             return
         try:
-            result = generate_traced(self.engine, job, self.trace_dir, on_text=lambda text: job.send("text", text),
-                                     should_stop=lambda: job.cancelled.is_set() or self._closing)
+            on_step = open_trace(self.engine, job, self.trace_dir)
+            slot = self.slots.start(job.prompt, job.options, on_text=lambda text: job.send("text", text),
+                                    on_step=on_step,
+                                    should_stop=lambda: job.cancelled.is_set() or self._closing)
         except Exception as error:  # noqa: BLE001  the request answers it (400 or 500)
-            job.send("error", error)
+            self._end(job, error)
             return
-        if result.stop_reason == "interrupted":  # its client left, or the server is closing
+        self.running[slot] = job
+
+    def _end(self, job: Job, outcome: GenerationResult | Exception) -> None:
+        if job.trace:
+            if not isinstance(outcome, Exception):
+                job.trace.run(job.trace.trace.write_summary, {"stats": outcome.stats, "text": outcome.text})
+            job.trace.run(job.trace.trace.close)
+        if isinstance(outcome, Exception):
+            job.send("error", outcome)
+            return
+        if outcome.stop_reason == "interrupted":  # its client left, or the server is closing
             self.counters.cancelled += 1
         else:
             self.counters.served += 1
-        job.send("done", result)
+        self.counters.add(outcome.stats)
+        job.send("done", outcome)
 
 
-def generate_traced(engine: Engine, job: Job, trace_dir: str | None, **callbacks) -> GenerationResult:
-    """engine.generate, writing trace_dir/<request id>/ (trace.jsonl, report.html) when asked. A
+def open_trace(engine: Engine, job: Job, trace_dir: str | None):
+    """Start trace_dir/<request id>/ (trace.jsonl, report.html) when asked: the header now, and
+    the on_step callback that writes each round; the summary and the close come at the end. A
     trace that cannot be written is said once in the server's log and dropped: the answer goes out."""
     if trace_dir is None:
-        return engine.generate(job.prompt, job.options, **callbacks)
+        return None
     from ..core.steps import trace_header
     from ..viz.jsonl import TraceWriter
     from ..viz.outputs import trace_sinks
 
     folder = Path(trace_dir) / job.request_id
     trace = TraceWriter(folder, trace_sinks(folder, ["jsonl"]))
-    header = trace_header(engine, job.options, job.prompt) | {"request_id": job.request_id}
-    writes = _TraceWrites(trace, job.request_id)
-    writes.run(trace.write_header, header)
-    try:
-        result = engine.generate(job.prompt, job.options,
-                                 on_step=lambda step: writes.run(trace.write_step, step), **callbacks)
-        writes.run(trace.write_summary, {"stats": result.stats, "text": result.text})
-    finally:
-        writes.run(trace.close)
-    return result
-
-
+    job.trace = writes = _TraceWrites(trace, job.request_id)
+    writes.run(trace.write_header, trace_header(engine, job.options, job.prompt) | {"request_id": job.request_id})
+    return lambda step: writes.run(trace.write_step, step)
 class _TraceWrites:
     """A request's trace writes until one fails: that one is logged, the rest are skipped."""
 
