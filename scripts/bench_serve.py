@@ -10,12 +10,25 @@ default prompts, one streaming client, one request at a time. Decode tokens/s is
 - llama-server -m T -md D (its own speculative decoding, default settings; DIR holds the binary as
   built by scripts/build_llama_cpp.sh): its `timings.predicted_per_second` on the last chunk.
 Prints one line per prompt and the ratios of the totals.
+
+    python scripts/bench_serve.py --clients 1,2,4,8,16 --llama-cpp DIR [-m T -md D] [--pair A|B]
+
+Many clients at once: for each count N, `edge-tree serve -np N` against `llama-server -np N`
+plain and with `-md D` (its own speculative decoding), the same files, threads and context per
+slot (-c N x --ctx-size on each), both at their defaults otherwise (llama.cpp's weight repacking
+on). N streaming clients each send --per-client requests in turn (greedy, different prompts);
+aggregate decode tokens/s = the tokens each server counted / the wall time of the whole load,
+with p50/p99 time to first token. Then one chat client: a first turn over a --history-token
+history, and the second turn over that history and the reply: time to first token of each.
+--json FILE keeps the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import threading
 import os
 import shutil
 import socket
@@ -39,7 +52,10 @@ def main() -> None:
     prompts = [p["prompt"] for p in default_prompts()][:args.prompts]
     pair = ensure_demo() if args.target is None else None
     target = args.target or str(pair.target)
-    draft = args.draft or str(pair.draft_q4_0 if pair else "")
+    draft = args.draft or str((pair.draft if args.pair == "A" else pair.draft_q4_0) if pair else "")
+    if args.clients:
+        clients_bench(args, target, draft, prompts)
+        return
     load = ["-m", target, "-md", draft, "-t", str(args.threads), "-c", str(args.ctx_size)]
     rows = {"serve": [], "generate": [], "llama-server": []}
     with Server([edge_tree_exe(), "serve", *load, "--port", "{port}"]) as url:
@@ -67,7 +83,122 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
     ap.add_argument("--prompts", type=int, default=len(default_prompts()), help="the first N default prompts")
     ap.add_argument("--llama-cpp", help="folder with llama.cpp's llama-server (scripts/build_llama_cpp.sh)")
+    ap.add_argument("--pair", choices=("A", "B"), default="B",
+                    help="with the demo target: draft A (the Q4_K_M demo file) or B (Q4_0 from the target)")
+    ap.add_argument("--clients", help="many clients at once: counts, e.g. 1,2,4,8,16")
+    ap.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
+    ap.add_argument("--history", type=int, default=1500, help="tokens of the chat history (0: no chat test)")
+    ap.add_argument("--json", help="write the figures to this file")
     return ap.parse_args()
+
+
+# -- many clients at once ----------------------------------------------------------------------
+
+def clients_bench(args, target: str, draft: str, prompts: list[str]) -> None:
+    if not args.llama_cpp:
+        raise SystemExit("--clients compares with llama-server: pass --llama-cpp DIR")
+    figures = {"target": target, "draft": draft, "threads": args.threads, "ctx_per_slot": args.ctx_size,
+               "max_tokens": args.max_tokens, "per_client": args.per_client, "rows": []}
+    for n in [int(count) for count in args.clients.split(",")]:
+        for name, (command, library_dir) in server_commands(args, target, draft, n, args.ctx_size * n).items():
+            with Server(command, library_dir) as url:
+                chat_completion(url, [{"role": "user", "content": prompts[0]}], 8)  # warm-up
+                row = {"server": name, "clients": n,
+                       **many_clients(url, n, prompts, args.max_tokens, args.per_client)}
+            figures["rows"].append(row)
+            print(f"{n:3d} clients  {name:18} {row['tokens_per_s']:8.2f} tok/s  ttft p50 "
+                  f"{row['ttft_p50_s']:.3f} s  p99 {row['ttft_p99_s']:.3f} s", flush=True)
+    if args.history:
+        figures["chat"] = {}
+        commands = server_commands(args, target, draft, 1, max(args.ctx_size, 2 * args.history + 512))
+        for name in ("edge-tree", "llama-server -md"):
+            with Server(*commands[name]) as url:
+                chat_completion(url, [{"role": "user", "content": prompts[0]}], 8)  # warm-up
+                figures["chat"][name] = second_turn(url, prompts, args.history)
+            print(f"chat {name:18} first turn ttft {figures['chat'][name]['first_ttft_s']:.3f} s, second "
+                  f"{figures['chat'][name]['second_ttft_s']:.3f} s", flush=True)
+    report_clients(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+def server_commands(args, target: str, draft: str, n: int, ctx: int) -> dict[str, tuple[list[str], Path | None]]:
+    """Each server with n slots and a context of ctx tokens in all: (command, library folder)."""
+    binary, threads = Path(args.llama_cpp) / "llama-server", str(args.threads)
+    llama = [str(binary), "-m", target, "-t", threads, "-c", str(ctx), "-np", str(n), "--host", "127.0.0.1",
+             "--port", "{port}"]
+    return {"edge-tree": ([edge_tree_exe(), "serve", "-m", target, "-md", draft, "-t", threads, "-c", str(ctx),
+                           "-np", str(n), "--queue", "256", "--port", "{port}"], None),
+            "llama-server": (llama, binary.parent),
+            "llama-server -md": (llama + ["-md", draft, "-td", threads], binary.parent)}
+
+
+def chat_completion(url: str, messages: list[dict], max_tokens: int) -> dict:
+    """One streaming chat request through the OpenAI route both servers offer: time to the
+    first text, the reply, and the completion tokens the server counted."""
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    sent, first, text, tokens = time.perf_counter(), None, "", 0
+    for at, event in server_events(url + "/v1/chat/completions", body):
+        for choice in event.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content")
+            if piece:
+                first = first or at
+                text += piece
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+    return {"ttft_s": (first or time.perf_counter()) - sent, "text": text, "tokens": tokens}
+
+
+def many_clients(url: str, n: int, prompts: list[str], max_tokens: int, per_client: int) -> dict:
+    """n clients at once, each sending per_client requests in turn (client k starts at prompt k)."""
+    replies: list[dict] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for r in range(per_client):
+            prompt = prompts[(k + r * n) % len(prompts)]
+            reply = chat_completion(url, [{"role": "user", "content": prompt}], max_tokens)
+            with lock:
+                replies.append(reply)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - started
+    ttfts = sorted(reply["ttft_s"] for reply in replies)
+    tokens = sum(reply["tokens"] for reply in replies)
+    return {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": tokens / wall,
+            "ttft_p50_s": statistics.median(ttfts), "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]}
+
+
+def second_turn(url: str, prompts: list[str], history_tokens: int) -> dict:
+    """A chat over a long history (about history_tokens tokens, ~4 characters each), then its
+    next turn: the second should reuse the first's cache."""
+    history, k = "", 0
+    while len(history) < 4 * history_tokens:
+        history += prompts[k % len(prompts)] + " "
+        k += 1
+    messages = [{"role": "user", "content": history + "\nSummarise that."}]
+    first = chat_completion(url, messages, 32)
+    messages += [{"role": "assistant", "content": first["text"]}, {"role": "user", "content": "Say more."}]
+    second = chat_completion(url, messages, 32)
+    return {"first_ttft_s": round(first["ttft_s"], 4), "second_ttft_s": round(second["ttft_s"], 4),
+            "ratio": round(second["ttft_s"] / first["ttft_s"], 4)}
+
+
+def report_clients(figures: dict) -> None:
+    by = {(row["clients"], row["server"]): row for row in figures["rows"]}
+    print(f"\n{'clients':>7} {'edge-tree':>10} {'llama-server':>13} {'llama -md':>10} {'ratio (best)':>13}")
+    for n in sorted({row["clients"] for row in figures["rows"]}):
+        ours = by[(n, "edge-tree")]["tokens_per_s"]
+        plain, spec = by[(n, "llama-server")]["tokens_per_s"], by[(n, "llama-server -md")]["tokens_per_s"]
+        print(f"{n:7d} {ours:10.2f} {plain:13.2f} {spec:10.2f} {ours / max(plain, spec):12.3f}x")
+    for name, chat in figures.get("chat", {}).items():
+        print(f"chat second turn / first turn, time to first token: {name} {chat['ratio']:.3f}")
 
 
 def edge_tree_exe() -> str:

@@ -32,7 +32,7 @@ def test_guesses_never_exceed_the_depth_and_node_caps(tiny_target, tiny_draft_sa
     with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=512, policy=policy) as engine:
         if policy == "adaptive":  # costs under which plain decoding with guesses pays, whatever
             # this machine measures for the tiny models: a dear draft, nearly free verify slots
-            engine.models.policy = AdaptivePolicy(CostModel({1: 0.010, 64: 0.011}, {1: 0.05, 16: 0.06}))
+            engine.models.lanes[0].policy = AdaptivePolicy(CostModel({1: 0.010, 64: 0.011}, {1: 0.05, 16: 0.06}))
         # the fixed plan drafts at most 2 nodes a level: 4 in 2 levels, leaving room for guesses
         for depth, nodes in ((2, 20), (3, 7)):
             result = engine.generate(REPEATING, max_tokens=40, mode="tree", max_depth=depth,

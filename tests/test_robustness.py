@@ -25,7 +25,9 @@ from click.testing import CliRunner
 from edge_tree import Engine, EdgeTreeError
 from edge_tree.llamacpp import llama
 from edge_tree.cli import Interrupt, main
-from edge_tree.core.plan import TreeShape
+from edge_tree.core.options import GenOptions
+from edge_tree.core.plan import Beside, TreeShape
+from edge_tree.core.slots import Slots
 from edge_tree.llamacpp.modelfile import check_gguf
 from edge_tree.viz.jsonl import read_trace
 
@@ -135,8 +137,9 @@ class RandomPlans:
 
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
+        self.share = Beside(1.0, 0.0, 1, 1)
 
-    def plan(self, mode, caps) -> TreeShape:
+    def plan(self, mode, caps, beside=None) -> TreeShape:
         r = self.rng
         return TreeShape(max_depth=r.randint(0, 40), max_nodes_per_level=r.randint(1, 24),
                          max_total_nodes=r.randint(0, 300), branch=r.randint(1, 4), expand=r.randint(1, 12),
@@ -154,11 +157,33 @@ def test_no_plan_outgrows_the_context(tiny_target, tiny_draft_other, seed):
     """Whatever the policy plans, every decode fits the cells left, in the target's cache and the
     draft's (its checked guess and its expanded nodes): the run stops at the context limit."""
     with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=256) as engine:
-        engine.models.policy = RandomPlans(seed)
+        engine.models.lanes[0].policy = RandomPlans(seed)
         for prompt in ("hello", REPEATING):  # REPEATING: prompt lookup finds guesses
             result = engine.generate(prompt, max_tokens=100_000, mode="tree", context_full="stop")
             assert result.stop_reason == "context"
             assert result.stats["prompt_tokens"] + result.stats["tokens"] == engine.target_ctx.n_ctx
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_no_plan_outgrows_a_lanes_share_beside_others(tiny_target, tiny_draft_other, seed):
+    """Side by side (serve --parallel), every lane stops at its own share of the cells, whatever
+    each lane's policy plans, and no shared pass fails: no lane reaches into another's share."""
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=768, lanes=3) as engine:
+        slots = Slots(engine)
+        for k, lane in enumerate(engine.models.lanes):
+            lane.policy = RandomPlans(seed * 10 + k)
+        for k, prompt in enumerate(("hello", REPEATING, "a b c")):
+            slots.start(prompt, GenOptions(max_tokens=100_000, mode="tree", context_full="stop", seed=k))
+        ended = {}
+        while slots.busy:
+            ended.update(slots.step())
+        slots.close()
+        cells = engine.models.lanes[0].cells
+    assert cells == 256 and len(ended) == 3
+    for result in ended.values():
+        assert not isinstance(result, Exception), result
+        assert result.stop_reason == "context"
+        assert result.stats["prompt_tokens"] + result.stats["tokens"] == cells
 
 
 @pytest.mark.parametrize("context_full", ["error", "stop"])

@@ -207,7 +207,8 @@ class Worker:
                 self._start(job)
             if self.running:
                 for slot, outcome in self.slots.step():
-                    self._end(self.running.pop(slot), outcome)
+                    self._end(self.running[slot], outcome)
+                    del self.running[slot]  # after the counts: /health never sees it half-ended
 
     def _start(self, job: Job) -> None:
         if job.cancelled.is_set():  # its client left while it waited
