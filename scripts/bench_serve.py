@@ -102,7 +102,7 @@ def clients_bench(args, target: str, draft: str, prompts: list[str]) -> None:
     for n in [int(count) for count in args.clients.split(",")]:
         for name, (command, library_dir) in server_commands(args, target, draft, n, args.ctx_size * n).items():
             with Server(command, library_dir) as url:
-                chat_completion(url, [{"role": "user", "content": prompts[0]}], 8)  # warm-up
+                completion(url, prompts[0], 8)  # warm-up
                 row = {"server": name, "clients": n,
                        **many_clients(url, n, prompts, args.max_tokens, args.per_client)}
             figures["rows"].append(row)
@@ -113,7 +113,7 @@ def clients_bench(args, target: str, draft: str, prompts: list[str]) -> None:
         commands = server_commands(args, target, draft, 1, max(args.ctx_size, 2 * args.history + 512))
         for name in ("edge-tree", "llama-server -md"):
             with Server(*commands[name]) as url:
-                chat_completion(url, [{"role": "user", "content": prompts[0]}], 8)  # warm-up
+                completion(url, prompts[0], 8)  # warm-up
                 figures["chat"][name] = second_turn(url, prompts, args.history)
             print(f"chat {name:18} first turn ttft {figures['chat'][name]['first_ttft_s']:.3f} s, second "
                   f"{figures['chat'][name]['second_ttft_s']:.3f} s", flush=True)
@@ -133,15 +133,16 @@ def server_commands(args, target: str, draft: str, n: int, ctx: int) -> dict[str
             "llama-server -md": (llama + ["-md", draft, "-td", threads], binary.parent)}
 
 
-def chat_completion(url: str, messages: list[dict], max_tokens: int) -> dict:
-    """One streaming chat request through the OpenAI route both servers offer: time to the
-    first text, the reply, and the completion tokens the server counted."""
-    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+def completion(url: str, prompt: str, max_tokens: int) -> dict:
+    """One streaming request through the OpenAI route both servers offer (completions: the demo
+    target has no chat template): time to the first text, the text, and the completion tokens
+    the server counted."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     sent, first, text, tokens = time.perf_counter(), None, "", 0
-    for at, event in server_events(url + "/v1/chat/completions", body):
+    for at, event in server_events(url + "/v1/completions", body):
         for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content")
+            piece = choice.get("text")
             if piece:
                 first = first or at
                 text += piece
@@ -158,7 +159,7 @@ def many_clients(url: str, n: int, prompts: list[str], max_tokens: int, per_clie
     def client(k: int) -> None:
         for r in range(per_client):
             prompt = prompts[(k + r * n) % len(prompts)]
-            reply = chat_completion(url, [{"role": "user", "content": prompt}], max_tokens)
+            reply = completion(url, prompt, max_tokens)
             with lock:
                 replies.append(reply)
 
@@ -176,16 +177,16 @@ def many_clients(url: str, n: int, prompts: list[str], max_tokens: int, per_clie
 
 
 def second_turn(url: str, prompts: list[str], history_tokens: int) -> dict:
-    """A chat over a long history (about history_tokens tokens, ~4 characters each), then its
-    next turn: the second should reuse the first's cache."""
+    """A conversation over a long history (about history_tokens tokens, ~4 characters each),
+    then its next turn (the history, the reply, a new question): the second should reuse the
+    first's cache."""
     history, k = "", 0
     while len(history) < 4 * history_tokens:
         history += prompts[k % len(prompts)] + " "
         k += 1
-    messages = [{"role": "user", "content": history + "\nSummarise that."}]
-    first = chat_completion(url, messages, 32)
-    messages += [{"role": "assistant", "content": first["text"]}, {"role": "user", "content": "Say more."}]
-    second = chat_completion(url, messages, 32)
+    prompt = history + "\nQuestion: what was that about?\nAnswer:"
+    first = completion(url, prompt, 32)
+    second = completion(url, prompt + first["text"] + "\nQuestion: and then?\nAnswer:", 32)
     return {"first_ttft_s": round(first["ttft_s"], 4), "second_ttft_s": round(second["ttft_s"], 4),
             "ratio": round(second["ttft_s"] / first["ttft_s"], 4)}
 

@@ -103,9 +103,10 @@ class DraftModelDrafter:
         self._ready: Ahead | None = None  # ... and taken by the target: the next round's start
 
     def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
-        """Forget the last generation; read the prompt up to its last token (the first root).
-        held: the last generation's tokens, whose first n_cached are in seq0: the part they
-        share with the prompt stays."""
+        """Forget the last generation, keeping the cells of the part of it (held: its tokens,
+        the first n_cached of them in seq0) that the prompt begins with. The rest of the prompt
+        is read when the draft is first asked for a tree (_sync): a generation that decodes
+        plainly (beside many others, where trees do not pay) never pays the draft's prefill."""
         kept = common_prefix(held[:self.n_cached], prompt[:-1])
         if kept and not self.share.holds(self.seq0, self.n_cached):
             kept = 0
@@ -117,8 +118,6 @@ class DraftModelDrafter:
         self.n_cached = kept
         self._ahead, self._ready, self._went_ahead = [], None, False
         self._forget_context_tokens()
-        if len(prompt) - 1 > kept:
-            self._feed_without_outputs(prompt[kept:-1])
         self.ctx.output_hidden(self.output is not None)
 
     def forget(self) -> None:
@@ -224,10 +223,10 @@ class DraftModelDrafter:
         return None
 
     def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
-        """Feed the committed tokens the draft has not seen, and the guess after them in seq 1.
-        Returns the logits at the root and after each guessed token."""
-        if len(tokens) - self.n_cached > self.QUIET_RUN:  # a long run (after rounds without the
-            self._feed_without_outputs(tokens[self.n_cached:-1])  # model): no outputs but the root
+        """Feed the committed tokens the draft has not seen, and the guess after them in the
+        guess seq. Returns the logits at the root and after each guessed token."""
+        if len(tokens) - self.n_cached > self.QUIET_RUN:  # a long run (the prompt, rounds without
+            self._feed_without_outputs(tokens[self.n_cached:-1])  # the model): no outputs but the root
         new = tokens[self.n_cached:]
         if not guess or len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
             last = self.ctx.feed(self.batch, new, self.n_cached, self.seq0)

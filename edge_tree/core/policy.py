@@ -363,7 +363,9 @@ class AdaptivePolicy:
         if last is None or self._rounds >= last + due:
             self._plans[key] = (self._rounds, *self._plan(caps, beside.rounded()))
         _, chosen, explore, self.share = self._plans[key]
-        if explore is not None and self._rounds % self.EXPLORE_EVERY == 0:
+        # a try stalls the whole shared round: only a generation alone tries (what it learns
+        # about the draft serves the lane's later generations too)
+        if explore is not None and not beside.runs and self._rounds % self.EXPLORE_EVERY == 0:
             return explore
         return chosen
 
