@@ -168,3 +168,30 @@ def test_slots_pick_the_lane_that_holds_the_longest_start(side_by_side):
             slots.step()
     finally:
         slots.close()
+
+
+def test_a_long_prompt_is_read_in_parts_while_the_others_go_on(alone, tiny_target, tiny_draft_same):
+    from edge_tree.core.options import GenOptions
+
+    long_prompt = " ".join(PROMPTS) * 12  # more tokens than a pass holds (512)
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=2048, policy="fixed",
+                lanes=2) as engine:
+        slots = Slots(engine)
+        talking = slots.start(PROMPTS[0], GenOptions(max_tokens=40))
+        slots.step()
+        reading = slots.start(long_prompt, GenOptions(max_tokens=MAX_TOKENS))
+        parts, grew = 0, 0
+        while slots.runs[reading].unread:
+            before = len(slots.runs[talking].generated)
+            slots.step()
+            parts += 1
+            grew += len(slots.runs[talking].generated) > before
+        ended = {}
+        while slots.busy:
+            ended.update(slots.step())
+        slots.close()
+    assert parts >= 2 and grew == parts  # the talking run gained tokens in every pass of the read
+    assert ended[reading].stats["prompt_tokens"] > 512
+    with Engine(str(tiny_target), threads=1, ctx_size=1024) as solo:
+        reference = solo.generate(long_prompt, max_tokens=MAX_TOKENS, mode="ar")
+        assert_same_or_near_tie(solo, long_prompt, reference.tokens, ended[reading].tokens)

@@ -146,6 +146,7 @@ class Run:
         self.steps: list[StepRecord] = []
         self.stats = RunStats(mode=mode, temperature=options.temperature)
         self.tokens: list[int] = []
+        self.unread: list[int] = []  # prompt tokens not yet in the target's cache (begin(later=True))
         self.stop = ""
         self._round_start: tuple[float, TreeShape, float, float] | None = None
         self._decode_clocks = [0.0, 0.0]  # this run's seconds inside llama_decode, (target, draft)
@@ -157,23 +158,34 @@ class Run:
             self.verify_alone(proposal)
         return self.finish()
 
-    def begin(self, prompt_tokens: list[int]) -> None:
-        """Prefill both caches, from what the lane's last generation left where it may."""
+    def begin(self, prompt_tokens: list[int], later: bool = False) -> None:
+        """Prefill the target's cache (and ready the draft's) from what the lane's last
+        generation left where it may. later: leave the prompt's rest in `unread`, for the
+        caller to feed in passes of its own (core/slots.py), then call prefilled()."""
         self.started = time.perf_counter()
         self.policy.reset(learn_costs=self.params.greedy)
         lane = self.lane
         held, lane.context = lane.context, []  # until finish(): a failure leaves the caches unknown
         if not self.options.cache_prompt:
             held = []
-        self.stats.prompt_cached = lane.target.prefill(prompt_tokens, held)
+        if later:
+            self.stats.prompt_cached = lane.target.keep(prompt_tokens, held)
+            self.unread = prompt_tokens[self.stats.prompt_cached:-1]
+        else:
+            self.stats.prompt_cached = lane.target.prefill(prompt_tokens, held)
         if self.drafter:
             self.drafter.start(prompt_tokens, held)
         if lane.model_drafter and self.drafter not in (lane.model_drafter, lane.graft_drafter):
             lane.model_drafter.forget()  # its cache will not follow this generation
-        self.stats.prompt_s = time.perf_counter() - self.started
-        self.decode_started = time.perf_counter()
         self.n_prompt = len(prompt_tokens)
         self.tokens = list(prompt_tokens)
+        if not self.unread:
+            self.prefilled()
+
+    def prefilled(self) -> None:
+        self.unread = []
+        self.stats.prompt_s = time.perf_counter() - self.started
+        self.decode_started = time.perf_counter()
 
     @property
     def params(self):

@@ -20,13 +20,16 @@ from .plan import Beside
 from .tree import common_prefix
 
 
+SIMILAR = 0.1  # the share of a prompt a lane must hold to be picked for its cells
+
+
 class Slots:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.lanes = engine.models.lanes
         self.runs: list[Run | None] = [None] * len(self.lanes)
         ctx = engine.models.target_ctx
-        self._batch = Batch(ctx.n_batch, ctx.n_seq_max)
+        self._batch = Batch(ctx.n_batch, ctx.n_seq_max)  # a pass: every tree, then prompts
         self._starts = 0
         self.passes = 0  # target passes run, and those that verified several runs' trees
         self.shared_passes = 0
@@ -46,8 +49,9 @@ class Slots:
     def start(self, prompt: str, options: GenOptions, *, on_text: Callable[[str], None] | None = None,
               on_step: Callable[[StepRecord], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> int:
-        """Tokenize and prefill prompt on a free lane (one must be free); returns the lane's index.
-        Raises what generate() raises for the same request."""
+        """Tokenize prompt and give it a free lane (one must be free); returns the lane's index.
+        Its prompt is read in the next rounds' passes, beside the other runs' trees. Raises what
+        generate() raises for the same request."""
         engine = self.engine
         mode = engine.check_mode(options.mode)
         tokens = engine.tokenize_prompt(prompt, options)
@@ -56,7 +60,7 @@ class Slots:
         self._started_at[slot] = self._starts
         run = Run(engine, self.lanes[slot], options, mode, on_text, on_step, should_stop, False)
         try:
-            run.begin(tokens)
+            run.begin(tokens, later=True)
         except BaseException:
             self.lanes[slot].target.reset()
             raise
@@ -65,23 +69,27 @@ class Slots:
 
     def _pick(self, tokens: list[int]) -> int:
         """The free lane whose last generation shares the longest start with these tokens (its
-        cells are reused); among equals, the one used longest ago, keeping recent ones' cells."""
+        cells are reused), if that is a tenth of them at least (llama-server's default
+        --slot-prompt-similarity: a shared BOS alone is no reason to evict a conversation); else
+        the one used longest ago, keeping recent ones' cells."""
+        def reuse(slot: int) -> int:
+            shared = common_prefix(self.lanes[slot].context, tokens)
+            return shared if shared >= SIMILAR * len(tokens) else 0
+
         free = [slot for slot, run in enumerate(self.runs) if run is None]
-        return max(free, key=lambda slot: (common_prefix(self.lanes[slot].context, tokens),
-                                           -self._started_at[slot]))
+        return max(free, key=lambda slot: (reuse(slot), -self._started_at[slot]))
 
     def step(self) -> list[tuple[int, GenerationResult | Exception]]:
-        """One round for every active run. Returns the runs that ended in it: (slot, result), or
-        (slot, error) for a run that failed; their lanes are free again."""
+        """One round for every active run: the trees of those generating and the next part of
+        the prompts of those reading theirs, in one target pass. Returns the runs that ended in
+        it: (slot, result), or (slot, error) for a run that failed; their lanes are free again."""
         ended: list[tuple[int, GenerationResult | Exception]] = []
         proposals = {}
-        shares = {slot: run.policy.share for slot, run in enumerate(self.runs) if run is not None}
+        shares = {slot: run.policy.share for slot, run in enumerate(self.runs) if run and not run.unread}
         everyone = sum(shares.values(), Beside())
-        for slot, run in enumerate(self.runs):
-            if run is None:
-                continue
+        for slot in shares:
             try:
-                proposal = run.propose(everyone - shares[slot])
+                proposal = self.runs[slot].propose(everyone - shares[slot])
             except Exception as error:  # noqa: BLE001  this run fails; the others go on
                 ended.append(self._end(slot, error))
                 continue
@@ -89,30 +97,36 @@ class Slots:
                 ended.append(self._end(slot))
             else:
                 proposals[slot] = proposal
-        if proposals:
-            self.passes += 1
-            self.shared_passes += len(proposals) > 1
-            try:
-                self._verify(proposals)
-            except Exception as error:  # noqa: BLE001  the pass failed: every run in it did
-                ended += [self._end(slot, error) for slot in proposals]
-                return ended
-            ended += [self._end(slot) for slot in proposals if self.runs[slot].stop]
-        return ended
+        reading = [slot for slot, run in enumerate(self.runs) if run and run.unread]
+        if not proposals and not reading:
+            return ended
+        self.passes += 1
+        self.shared_passes += len(proposals) + len(reading) > 1
+        try:
+            self._pass(proposals, reading)
+        except Exception as error:  # noqa: BLE001  the pass failed: every run in it did
+            return ended + [self._end(slot, error) for slot in [*proposals, *reading]]
+        return ended + [self._end(slot) for slot in proposals if self.runs[slot].stop]
 
-    def _verify(self, proposals: dict) -> None:
-        models = self.engine.models
-        if len(proposals) == 1:  # as generate() does it
+    def _pass(self, proposals: dict, reading: list[int]) -> None:
+        if len(proposals) == 1 and not reading:  # as generate() does it
             (slot, proposal), = proposals.items()
             self.runs[slot].verify_alone(proposal)
             return
         batch = self._batch
         batch.clear()
         starts = {slot: self.runs[slot].lane.target.stage(p.tree, batch) for slot, p in proposals.items()}
-        ctx = models.target_ctx
+        for slot in reading:  # prompts fill the room the trees leave, in arrival order
+            run, room = self.runs[slot], batch.capacity - batch.n_tokens
+            part, run.unread = run.unread[:room], run.unread[room:]
+            run.lane.target.stage_prompt(part, batch)
+        ctx = self.engine.models.target_ctx
         before = ctx.decode_s
         ctx.decode(batch)
         pass_s = ctx.decode_s - before
+        for slot in reading:
+            if not self.runs[slot].unread:
+                self.runs[slot].prefilled()
         for slot, proposal in proposals.items():
             start = starts[slot]
             self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), pass_s, shared=True)

@@ -65,6 +65,15 @@ class TargetRunner:
         of the last generation on this share, whose first n_cached cells its commits left in
         the cache: the part they share with the prompt is kept, not decoded again. Returns how
         many tokens were kept."""
+        kept = self.keep(tokens, held)
+        if len(tokens) - 1 > kept:
+            self.ctx.feed(self.batch, tokens[kept:-1], kept, self.share.first)
+        self.n_cached = len(tokens) - 1
+        return kept
+
+    def keep(self, tokens: list[int], held: Sequence[int] = ()) -> int:
+        """prefill's first half: keep the cells of what held and the prompt share, drop the
+        rest; n_cached becomes how many were kept (the prompt's rest is for feed or stage)."""
         first = self.share.first
         kept = common_prefix(held[:self.n_cached], tokens[:-1])
         if kept and not self.share.holds(first, self.n_cached):
@@ -73,10 +82,16 @@ class TargetRunner:
             self.ctx.seq_rm(first, kept, -1)  # commits left no other sequence holding cells
         else:
             self.reset()
-        if len(tokens) - 1 > kept:
-            self.ctx.feed(self.batch, tokens[kept:-1], kept, first)
-        self.n_cached = len(tokens) - 1
+        self.n_cached = kept
         return kept
+
+    def stage_prompt(self, tokens: Sequence[int], batch: Batch) -> None:
+        """Add prompt tokens after the cached ones to a shared pass, without logits; they are
+        cached once the pass ran (n_cached moves on now: nothing reads it in between)."""
+        first = self.share.first
+        for k, token in enumerate(tokens):
+            batch.add(int(token), self.n_cached + k, (first,), False)
+        self.n_cached += len(tokens)
 
     def evaluate(self, tree: TokenTree, meanwhile: Callable[[Callable[[], bool]], None] | None = None):
         """One target pass over root + all nodes; returns node index -> logits (valid until the
