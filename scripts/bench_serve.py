@@ -101,13 +101,16 @@ def clients_bench(args, target: str, draft: str, prompts: list[str]) -> None:
                "max_tokens": args.max_tokens, "per_client": args.per_client, "rows": []}
     for n in [int(count) for count in args.clients.split(",")]:
         for name, (command, library_dir) in server_commands(args, target, draft, n, args.ctx_size * n).items():
-            with Server(command, library_dir) as url:
+            server = Server(command, library_dir)
+            with server as url:
                 completion(url, prompts[0], 8)  # warm-up
                 row = {"server": name, "clients": n,
-                       **many_clients(url, n, prompts, args.max_tokens, args.per_client)}
+                       **many_clients(url, n, prompts, args.max_tokens, args.per_client),
+                       "peak_rss_mib": server.peak_rss_mib()}
             figures["rows"].append(row)
             print(f"{n:3d} clients  {name:18} {row['tokens_per_s']:8.2f} tok/s  ttft p50 "
-                  f"{row['ttft_p50_s']:.3f} s  p99 {row['ttft_p99_s']:.3f} s", flush=True)
+                  f"{row['ttft_p50_s']:.3f} s  p99 {row['ttft_p99_s']:.3f} s  peak RSS "
+                  f"{row['peak_rss_mib'] or 0:.0f} MiB", flush=True)
     if args.history:
         figures["chat"] = {}
         commands = server_commands(args, target, draft, 1, max(args.ctx_size, 2 * args.history + 512))
@@ -193,11 +196,14 @@ def second_turn(url: str, prompts: list[str], history_tokens: int) -> dict:
 
 def report_clients(figures: dict) -> None:
     by = {(row["clients"], row["server"]): row for row in figures["rows"]}
-    print(f"\n{'clients':>7} {'edge-tree':>10} {'llama-server':>13} {'llama -md':>10} {'ratio (best)':>13}")
+    print(f"\n{'clients':>7} {'edge-tree':>10} {'llama-server':>13} {'llama -md':>10} {'ratio (best)':>13} "
+          f"{'RSS / llama -md':>16}")
     for n in sorted({row["clients"] for row in figures["rows"]}):
-        ours = by[(n, "edge-tree")]["tokens_per_s"]
-        plain, spec = by[(n, "llama-server")]["tokens_per_s"], by[(n, "llama-server -md")]["tokens_per_s"]
-        print(f"{n:7d} {ours:10.2f} {plain:13.2f} {spec:10.2f} {ours / max(plain, spec):12.3f}x")
+        ours, plain, spec = by[(n, "edge-tree")], by[(n, "llama-server")], by[(n, "llama-server -md")]
+        best = max(plain["tokens_per_s"], spec["tokens_per_s"])
+        memory = (ours["peak_rss_mib"] or 0) / (spec["peak_rss_mib"] or float("inf"))
+        print(f"{n:7d} {ours['tokens_per_s']:10.2f} {plain['tokens_per_s']:13.2f} {spec['tokens_per_s']:10.2f} "
+              f"{ours['tokens_per_s'] / best:12.3f}x {memory:15.3f}x")
     for name, chat in figures.get("chat", {}).items():
         print(f"chat second turn / first turn, time to first token: {name} {chat['ratio']:.3f}")
 
@@ -217,6 +223,15 @@ class Server:
         self.env = dict(os.environ)
         if library_dir:  # llama.cpp's shared libraries sit beside its binaries
             self.env["LD_LIBRARY_PATH"] = f"{library_dir}{os.pathsep}{self.env.get('LD_LIBRARY_PATH', '')}"
+
+    def peak_rss_mib(self) -> float | None:
+        """The server's peak resident memory so far (Linux: VmHWM)."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+        return kib / 1024 if kib else None
 
     def __enter__(self) -> str:
         self.proc = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ class ModelStandIn:
     def __init__(self):
         self.proposed = 0
 
-    def start(self, prompt, held=()):
+    def start(self, prompt, held=(), read=True):
         pass
 
     def propose(self, request: DraftRequest) -> Proposal:

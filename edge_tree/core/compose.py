@@ -35,8 +35,8 @@ class LookupGraftDrafter:
         self._model_round = False
         self._streak = False
 
-    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
-        self.model.start(prompt, held)
+    def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None:
+        self.model.start(prompt, held, read)
         self._streak = False
 
     def propose(self, request: DraftRequest) -> Proposal:

@@ -1,8 +1,9 @@
 """The drafter interface: one small protocol, one class per way of proposing a tree.
 
 As in Hugging Face's CandidateGenerator, the loop knows drafters only through this:
-    start(prompt, held)      a new generation: read the prompt, keeping what the last one
-                             (its tokens: held) left in the cache that the prompt begins with
+    start(prompt, held, read)  a new generation: read the prompt (now, or with read=False
+                             at its first tree), keeping what the last one (its tokens:
+                             held) left in the cache that the prompt begins with
     propose(request)         grow a TokenTree rooted at the context's last token
     ahead(tree, busy)        work while the target verifies the tree elsewhere (or nothing)
     observe(tree, verdict)   learn the outcome, trim caches
@@ -57,7 +58,7 @@ def root_only(tokens: list[int]) -> Proposal:
 class Drafter(Protocol):
     extra_nodes: int
 
-    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None: ...
+    def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None: ...
 
     def propose(self, request: DraftRequest) -> Proposal: ...
 

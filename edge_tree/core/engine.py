@@ -173,8 +173,8 @@ class Run:
             self.unread = prompt_tokens[self.stats.prompt_cached:-1]
         else:
             self.stats.prompt_cached = lane.target.prefill(prompt_tokens, held)
-        if self.drafter:
-            self.drafter.start(prompt_tokens, held)
+        if self.drafter:  # beside others (later), the draft reads the prompt only if a tree pays
+            self.drafter.start(prompt_tokens, held, read=not later)
         if lane.model_drafter and self.drafter not in (lane.model_drafter, lane.graft_drafter):
             lane.model_drafter.forget()  # its cache will not follow this generation
         self.n_prompt = len(prompt_tokens)

@@ -49,7 +49,7 @@ class LookupDrafter:
 
     extra_nodes = 0
 
-    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
+    def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None:
         pass
 
     def propose(self, request: DraftRequest) -> Proposal:

@@ -102,11 +102,12 @@ class DraftModelDrafter:
         self._ahead: list[Ahead] = []  # decoded during the target's pass, one per bonus token
         self._ready: Ahead | None = None  # ... and taken by the target: the next round's start
 
-    def start(self, prompt: list[int], held: Sequence[int] = ()) -> None:
+    def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None:
         """Forget the last generation, keeping the cells of the part of it (held: its tokens,
-        the first n_cached of them in seq0) that the prompt begins with. The rest of the prompt
-        is read when the draft is first asked for a tree (_sync): a generation that decodes
-        plainly (beside many others, where trees do not pay) never pays the draft's prefill."""
+        the first n_cached of them in seq0) that the prompt begins with, and read the rest of
+        the prompt; with read=False only when the draft is first asked for a tree (_sync): a
+        generation that decodes plainly (beside many others, where trees do not pay) never pays
+        the draft's prefill."""
         kept = common_prefix(held[:self.n_cached], prompt[:-1])
         if kept and not self.share.holds(self.seq0, self.n_cached):
             kept = 0
@@ -118,6 +119,8 @@ class DraftModelDrafter:
         self.n_cached = kept
         self._ahead, self._ready, self._went_ahead = [], None, False
         self._forget_context_tokens()
+        if read and len(prompt) - 1 > kept:
+            self._feed_without_outputs(prompt[kept:-1])
         self.ctx.output_hidden(self.output is not None)
 
     def forget(self) -> None:
