@@ -26,6 +26,11 @@ def edge_tree_exe() -> str:
     return exe
 
 
+def server_env(tmp_path_factory) -> dict:
+    """The tests' own cache (cost measurements), so the user's stays untouched."""
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("serve-cache"))}
+
+
 def post(server, path, body, raw: bytes | None = None, headers: dict | None = None) -> httpx.Response:
     content = raw if raw is not None else json.dumps(body).encode()
     return httpx.post(server.base_url + path, content=content, timeout=60,

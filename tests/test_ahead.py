@@ -19,8 +19,8 @@ from edge_tree.core.model_drafter import DraftModelDrafter
 from edge_tree.core.plan import TreeShape
 from edge_tree.core.sampling import SamplingParams
 from edge_tree.core.verify import Verdict
-from test_draft_vocab import K, full_logits
-from test_lossless_sampling import SETTINGS, SIGNIFICANCE, p_value
+from chisquare import SETTINGS, SIGNIFICANCE, p_value
+from drafts import K, full_logits
 from neartie import PROMPTS, assert_same_or_near_tie
 
 CHAIN = TreeShape(max_depth=3, max_nodes_per_level=2, max_total_nodes=6, branch=2, expand=1)

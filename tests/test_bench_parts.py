@@ -13,23 +13,14 @@ from edge_tree.bench.modes import parse_modes
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.bench.runner import Row, aggregate
-from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, ToolSettings, completion_command,
+from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, completion_command,
                                    speculative_command, tool_commands)
 from edge_tree.cli import main
 from edge_tree.errors import UsageError
+from toolargs import flag_value, settings
 
 # -- llama.cpp's command lines ----------------------------------------------------------------------
 
-
-def settings(tmp_path, **changes) -> ToolSettings:
-    values = dict(bin_dir=tmp_path, target="T.gguf", draft="D.gguf", max_tokens=64, threads=2,
-                  ctx_size=4096)
-    return ToolSettings(**{**values, **changes})
-
-
-def flag_value(cmd: list[str], flag: str) -> str:
-    assert cmd.count(flag) == 1, cmd
-    return cmd[cmd.index(flag) + 1]
 
 
 def test_tool_commands_carry_gpu_layers(tmp_path):

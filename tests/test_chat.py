@@ -13,7 +13,7 @@ from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError, InputError
 from edge_tree.llamacpp import llama
 from edge_tree.llamacpp.vocab import vocab_mismatch
-from test_draft_vocab import assert_greedy_is_the_targets
+from drafts import assert_greedy_is_the_targets
 from tinymodels import BPE_SPECIAL, CHAT_STYLES, write_tiny_model
 
 K = 96  # tokens of the reduced draft, of 512

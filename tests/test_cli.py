@@ -10,11 +10,10 @@ import subprocess
 from importlib.metadata import version
 
 import pytest
-from click.testing import CliRunner
 
 import edge_tree
-from edge_tree.cli import main
 from edge_tree.core.engine import Engine
+from commands import assert_one_line_error, invoke, run
 from serving import edge_tree_exe
 
 THREADS = "1"  # a shared 2-core machine: more llama.cpp threads only contend
@@ -39,9 +38,6 @@ def expected(tiny_target, tmp_path_factory):
             return {prompt: engine.generate(prompt, max_tokens=8, mode="ar")
                     for prompt in ("hello world", "once upon a time")}
 
-
-def invoke(*args, input=None):
-    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
 
 
 # -- what works (in process) -----------------------------------------------------------------------
@@ -148,27 +144,6 @@ def test_help_shows_commands_and_generate_help_shows_examples():
 
 
 # -- what fails (a real process) -------------------------------------------------------------------
-
-def run(*args, input: bytes | None = None, env: dict | None = None, timeout: float = 300):
-    return subprocess.run([edge_tree_exe(), *map(str, args)], input=input, capture_output=True,
-                          env=env if env is not None else os.environ.copy(), timeout=timeout)
-
-
-def assert_one_line_error(proc, code: int, *needles: str) -> str:
-    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
-    assert "Traceback" not in err, err
-    assert proc.returncode == code, (proc.returncode, err)
-    lines = err.rstrip("\n").split("\n")
-    if lines[0].startswith("Usage:"):  # click's own usage error: Usage / Try / (blank) / Error
-        assert code == 2 and lines[-1].startswith("Error:"), err
-        message = lines[-1]
-    else:
-        assert len(lines) == 1, f"stderr is not one line: {err!r}"
-        assert lines[0].startswith("edge-tree: error: "), err
-        message = lines[0]
-    for needle in needles:
-        assert needle in message, (needle, message)
-    return out
 
 
 @pytest.mark.parametrize("which", ["missing", "dir", "not_gguf", "cut"])

@@ -14,9 +14,9 @@ from edge_tree.cli import main
 from edge_tree.errors import EdgeTreeError, UsageError
 from edge_tree.llamacpp import deep, demo, llama
 from edge_tree.llamacpp.modelfile import describe_gguf
-from test_cli import assert_one_line_error, run
-from test_demo import write_tiny_gguf
-from test_draft_vocab import full_logits
+from commands import assert_one_line_error, run
+from tinymodels import write_tiny_gguf
+from drafts import full_logits
 
 PROMPTS = ("hello world", "the quick brown fox")
 

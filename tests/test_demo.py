@@ -18,6 +18,7 @@ from edge_tree.llamacpp import demo, modelfile
 from edge_tree.errors import EdgeTreeError
 
 import gguf  # a requirement: a missing one fails the module, it does not skip it
+from tinymodels import write_tiny_gguf
 
 
 # -- cache location -------------------------------------------------------------------------------
@@ -40,28 +41,6 @@ def test_cache_dir_defaults_to_home_cache(monkeypatch, tmp_path):
 
 
 # -- tiny GGUF files ------------------------------------------------------------------------------
-
-def write_tiny_gguf(path: Path, file_type: int | None = int(gguf.LlamaFileType.MOSTLY_Q8_0),
-                    n_vocab: int = 1000) -> int:
-    """A small GGUF with a vocabulary, one Q8_0 matrix and one F32 vector; returns n_params."""
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_name("tiny")
-    w.add_block_count(1)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"tok{i}" for i in range(n_vocab)])
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([1] * n_vocab)
-    if file_type is not None:
-        w.add_file_type(file_type)
-    matrix = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
-    q = gguf.quants.quantize(matrix, gguf.GGMLQuantizationType.Q8_0)
-    w.add_tensor("blk.0.ffn_up.weight", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return 8 * 64 + 64
 
 
 def test_describe_gguf_reads_the_header(tmp_path):

@@ -14,16 +14,9 @@ from edge_tree.cli import main
 from edge_tree.core import models
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
-from test_lossless_sampling import first_two_tokens, p_value, SIGNIFICANCE
-from neartie import PROMPTS, assert_same_or_near_tie
-
-K = 96  # of the tiny models' 512 tokens
-
-
-def full_logits(path, tokens: list[int]) -> np.ndarray:
-    with llama.Model(path) as model, llama.Context(model, 64, threads=1) as ctx, \
-            llama.Batch(64, 1) as batch:
-        return ctx.logits(ctx.feed(batch, tokens, 0)).copy()
+from chisquare import SIGNIFICANCE, first_two_tokens, p_value
+from drafts import K, assert_greedy_is_the_targets, full_logits
+from neartie import assert_same_or_near_tie
 
 
 def reduced_logits(engine: Engine, tokens: list[int]) -> np.ndarray:
@@ -97,12 +90,6 @@ def test_the_reduced_copy_is_made_once_and_reused(reduced_engine, tiny_target, t
 def test_greedy_output_with_a_reduced_draft_is_the_targets(reduced_engine, mode):
     assert_greedy_is_the_targets(reduced_engine, mode)
 
-
-def assert_greedy_is_the_targets(engine: Engine, mode: str) -> None:
-    for prompt in PROMPTS:
-        reference = engine.generate(prompt, max_tokens=24, mode="ar").tokens
-        got = engine.generate(prompt, max_tokens=24, mode=mode, max_depth=4).tokens
-        assert_same_or_near_tie(engine, prompt, reference, got)
 
 
 def test_sampling_with_a_reduced_draft_keeps_the_target_distribution(reduced_engine, tiny_target):

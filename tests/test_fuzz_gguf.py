@@ -36,7 +36,7 @@ from typing import Callable
 
 import pytest
 
-from test_cli import assert_one_line_error, run
+from commands import assert_one_line_error, run
 
 FIRST_SEED = int(os.environ.get("EDGE_TREE_FUZZ_SEED", "1100"))
 N_CASES = int(os.environ.get("EDGE_TREE_FUZZ_CASES", "1500"))

@@ -9,7 +9,8 @@ from pathlib import Path
 import edge_tree
 
 PACKAGE = Path(edge_tree.__file__).parent
-BASE = {"edge_tree.errors", "edge_tree.records", "edge_tree.files", "edge_tree.progress", "edge_tree.derived"}
+BASE = {"edge_tree.errors", "edge_tree.records", "edge_tree.files", "edge_tree.progress", "edge_tree.derived",
+        "edge_tree.endpoints"}
 # what each layer may import besides itself and the base modules
 MAY_IMPORT = {"base": set(), "llamacpp": set(), "core": {"llamacpp"}, "viz": set(),
               "face": {"llamacpp", "core", "viz", "face"}}
@@ -106,3 +107,20 @@ def test_the_policy_plans_without_knowing_a_drafter():
     drafters = {"edge_tree.core.lookup", "edge_tree.core.model_drafter", "edge_tree.core.compose",
                 "edge_tree.core.drafting"}
     assert not GRAPH["edge_tree.core.policy"] & drafters
+
+
+def test_the_options_reach_no_llama_module():
+    """The typed options are the ground every face stands on: they check values without
+    reaching into llama.cpp's wrapper (the RPC endpoint syntax lives in edge_tree.endpoints)."""
+    assert not {m for m in GRAPH["edge_tree.core.options"] if layer(m) == "llamacpp"}
+
+
+def test_test_modules_do_not_import_each_other():
+    """Helpers live in helper modules beside the tests (tests/*.py not named test_*): a test
+    module runs alone, whatever else was collected."""
+    tests = Path(__file__).parent
+    for path in tests.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.startswith("test_")], f"{path.name} imports {names}"

@@ -292,3 +292,33 @@ def test_a_policy_replans_when_generations_join_and_reports_its_share():
     crowded = policy.plan("tree", Caps(), crowd(DRAFT_B, CPU, 15))
     assert crowded.max_total_nodes <= alone.max_total_nodes
     assert policy.share.nodes <= share.nodes
+
+
+def test_a_pessimistic_start_is_tried_until_the_rounds_say_otherwise():
+    """The prior acceptance makes plain decoding win narrowly (a draft 1.5x its CPU cost): the
+    draft is still tried now and then, while what it may do (an upper bound that its tries
+    tighten) beats plain decoding. A draft the target always follows is then drafted with for
+    good; one it never follows stops being tried."""
+    cost = CostModel(CPU.verify_points, {n: 1.5 * s for n, s in CPU.draft_points.items()}, host_per_node=0.0004)
+    plain_round = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
+                               cost.verify_s(1), cost.verify_s(1), (cost.verify_s(1), 0.0))
+    prior = np.round(RankAcceptance().pi(), 2)
+    assert shape_rate(best_shape(Caps(), prior, cost), prior, cost) < 1 / cost.plain_s()  # plain wins
+    for matched, drafts_at_the_end in ((0, True), (None, False)):
+        policy = AdaptivePolicy(replace(cost))
+        policy.reset(learn_costs=False)  # the costs as given: only acceptance moves
+        tried = []
+        for r in range(16 * AdaptivePolicy.EXPLORE_EVERY):
+            plan = policy.plan("tree", Caps())
+            if plan.use_model:
+                tried.append(r)
+                policy.observe(outcome(*chain_round(matched), cost))
+            else:
+                policy.observe(plain_round)
+        assert tried and tried[0] == 0  # tried from the start
+        last = 4 * AdaptivePolicy.EXPLORE_EVERY
+        late = [r for r in tried if r >= 16 * AdaptivePolicy.EXPLORE_EVERY - last]
+        if drafts_at_the_end:
+            assert len(late) == last  # every late round drafts
+        else:
+            assert not late  # no late round tries any more

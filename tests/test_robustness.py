@@ -31,7 +31,8 @@ from edge_tree.core.slots import Slots
 from edge_tree.llamacpp.modelfile import check_gguf
 from edge_tree.viz.jsonl import read_trace
 
-from test_cli import assert_one_line_error, edge_tree_exe, run
+from commands import assert_one_line_error, run
+from serving import edge_tree_exe
 
 THREADS = "1"  # a shared 2-core machine
 REPEATING = "one two three four five six seven eight nine ten one two three four five six seven eight"

@@ -24,10 +24,9 @@ import pytest
 from delayproxy import DelayProxy
 from rpchosts import FakeRpcServer, RpcServer, free_port, rpc_server_binary
 from serving import ServerProcess
-from test_bench_parts import flag_value, settings
-from test_cli import assert_one_line_error, edge_tree_exe, invoke, run
-from serving import assert_error, post
-from test_server import server_env
+from toolargs import flag_value, settings
+from commands import assert_one_line_error, invoke, run
+from serving import assert_error, edge_tree_exe, post, server_env
 
 from edge_tree.bench.runner import run_bench
 from edge_tree.bench.tools import completion_command, speculative_command

@@ -17,8 +17,9 @@ import httpx
 import openai
 import pytest
 
-from serving import ServerProcess, assert_error, post, raw_request
-from test_cli import assert_one_line_error, edge_tree_exe, run
+from serving import ServerProcess, assert_error, post, raw_request, server_env
+from commands import assert_one_line_error, run
+from serving import edge_tree_exe
 from tinymodels import write_tiny_model
 
 MAX_TOKENS = 24
@@ -27,10 +28,6 @@ PROMPTS = ["hello world", "the quick brown fox", "once upon a time", "speculativ
 SLOW = 8000  # tokens: seconds of work for a tiny model, so a request is still running when we act
 FAMILIES = {"spm": ("bytes", "gemma"), "bpe": ("bpe", "chatml")}
 
-
-def server_env(tmp_path_factory) -> dict:
-    """The tests' own cache (cost measurements), so the user's stays untouched."""
-    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("serve-cache"))}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,7 @@ from edge_tree.records import StepRecord
 from edge_tree.viz.jsonl import RENDER_FORMATS, TraceWriter, check_formats, check_trace_dir, read_trace
 from edge_tree.viz.outputs import trace_sinks
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the record builders live next door
-from test_render import make_record, make_step, nasty_step  # noqa: E402
+from steprecords import make_record, make_step, nasty_step
 
 HAVE_DOT = shutil.which("dot") is not None
 # The suite's set-up installs Graphviz: a missing `dot` fails these tests, it does not skip them.

@@ -362,3 +362,31 @@ def _add_tokenizer(writer, entries: list[tuple[str, float, int]], merges: list[s
     writer.add_add_eos_token(False)
     if not bpe:
         writer.add_add_space_prefix(False)
+
+
+MOSTLY_Q8_0 = 7  # gguf.LlamaFileType.MOSTLY_Q8_0
+
+
+def write_tiny_gguf(path: Path, file_type: int | None = MOSTLY_Q8_0, n_vocab: int = 1000) -> int:
+    """A small GGUF with a vocabulary, one Q8_0 matrix and one F32 vector (no model llama.cpp
+    could run: for the file checks); returns n_params."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("tiny")
+    w.add_block_count(1)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"tok{i}" for i in range(n_vocab)])
+    w.add_token_scores([0.0] * n_vocab)
+    w.add_token_types([1] * n_vocab)
+    if file_type is not None:
+        w.add_file_type(file_type)
+    matrix = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    q = gguf.quants.quantize(matrix, gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("blk.0.ffn_up.weight", q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("output_norm.weight", np.ones(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return 8 * 64 + 64

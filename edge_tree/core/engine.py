@@ -22,7 +22,7 @@ from .drafting import DraftRequest, Proposal, root_only
 from .lanes import Lane
 from .models import LoadedModels
 from .options import GenOptions, LoadOptions, split_options
-from .plan import ALONE, Beside, RoundOutcome, TreeShape
+from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
 from .policy import Caps
 from .stats import RunStats
 from .steps import step_record
@@ -147,6 +147,7 @@ class Run:
         self.stats = RunStats(mode=mode, temperature=options.temperature)
         self.tokens: list[int] = []
         self.unread: list[int] = []  # prompt tokens not yet in the target's cache (begin(later=True))
+        self._first_token_first = False
         self.stop = ""
         self._round_start: tuple[float, TreeShape, float, float] | None = None
         self._decode_clocks = [0.0, 0.0]  # this run's seconds inside llama_decode, (target, draft)
@@ -175,6 +176,9 @@ class Run:
             self.stats.prompt_cached = lane.target.prefill(prompt_tokens, held)
         if self.drafter:  # beside others (later), the draft reads the prompt only if a tree pays
             self.drafter.start(prompt_tokens, held, read=not later)
+        # greedy, a generation that reads its prompt later sends its first token before the
+        # draft reads it (as llama-server does); sampled text keeps generate()'s random draws
+        self._first_token_first = later and self.params.greedy
         if lane.model_drafter and self.drafter not in (lane.model_drafter, lane.graft_drafter):
             lane.model_drafter.forget()  # its cache will not follow this generation
         self.n_prompt = len(prompt_tokens)
@@ -200,6 +204,8 @@ class Run:
         started = time.perf_counter()
         draft_clock = self.models.decode_clocks()[1]
         shape = self._shape(len(self.tokens), beside)
+        if self._first_token_first and not self.generated:
+            shape = PLAIN  # the draft has not read the prompt: the first token goes out first
         if self.drafter and shape.capacity:
             proposal = self.drafter.propose(DraftRequest(self.tokens, shape, self.params, self.rng))
         else:

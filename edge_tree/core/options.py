@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ..errors import UsageError
-from ..llamacpp.rpc import endpoints_complaint, parse_endpoints
+from ..endpoints import endpoints_complaint, parse_endpoints
 from .sampling import SamplingParams
 
 MODES = ("ar", "lookup", "chain", "tree")

@@ -136,7 +136,20 @@ class RankAcceptance:
                     break
 
     def pi(self) -> np.ndarray:
-        hazard = (self.hits + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+        return self._from_hazards(self._hazards())
+
+    def optimistic_pi(self, z: float = 2.0) -> np.ndarray:
+        """pi with each hazard raised by z standard errors of its estimate: what the draft may
+        still turn out to do, about two sides in a hundred beyond what was seen."""
+        hazard = self._hazards()
+        spread = np.sqrt(hazard * (1 - hazard) / (self.trials + self.prior_weight))
+        return self._from_hazards(np.minimum(hazard + z * spread, 1.0))
+
+    def _hazards(self) -> np.ndarray:
+        return (self.hits + self.prior * self.prior_weight) / (self.trials + self.prior_weight)
+
+    @staticmethod
+    def _from_hazards(hazard: np.ndarray) -> np.ndarray:
         survive = np.concatenate([[1.0], np.cumprod(1 - hazard)[:-1]])
         return hazard * survive
 
@@ -313,8 +326,7 @@ class AdaptivePolicy:
     (draft confidence, calibrated online). The user's caps bound everything."""
 
     REPLAN_EVERY = 8  # rounds between searches: acceptance statistics move slowly
-    EXPLORE_EVERY = 32  # plain rounds between tries of the draft, while a tree is nearly as good
-    EXPLORE_WITHIN = 0.8  # ... nearly: at least this fraction of plain decoding's expected rate
+    EXPLORE_EVERY = 32  # plain rounds between tries of the draft, while it may still beat them
 
     def __init__(self, cost: CostModel):
         self._calibrated = cost  # as measured, never corrected
@@ -370,7 +382,7 @@ class AdaptivePolicy:
         return chosen
 
     def _plan(self, caps: Caps, beside: Beside) -> tuple[TreeShape, TreeShape | None, Beside]:
-        """The plan to use, a tree to try now and then while plain decoding wins narrowly, and
+        """The plan to use, a tree to try now and then while plain decoding wins (_hope), and
         what the plan brings to a shared round."""
         pi = np.round(self.acceptance.pi(), 2)  # coarse: the searches below are remembered by it
         shape = self._best_shape(caps, pi, beside)
@@ -378,9 +390,17 @@ class AdaptivePolicy:
         plain_rate = (1.0 + beside.tokens) / self.cost.plain_s(beside)
         if rate <= plain_rate:
             plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
-            near = rate >= self.EXPLORE_WITHIN * plain_rate
-            return plain, (self._tree(shape, rate, caps, pi) if near else None), shape_share(PLAIN, pi, self.cost)
+            return plain, self._hope(caps, beside, plain_rate), shape_share(PLAIN, pi, self.cost)
         return self._tree(shape, rate, caps, pi), None, shape_share(shape, pi, self.cost)
+
+    def _hope(self, caps: Caps, beside: Beside, plain_rate: float) -> TreeShape | None:
+        """The tree to try while plain decoding wins: the best under the acceptance the draft
+        may still have (an upper bound, which its tries tighten), None once even that loses.
+        A pessimistic first impression thus gets tried until the rounds say so, never frozen."""
+        hope = np.round(self.acceptance.optimistic_pi(), 2)
+        shape = self._best_shape(caps, hope, beside)
+        rate = shape_rate(shape, hope, self.cost, beside)
+        return self._tree(shape, rate, caps, hope) if rate > plain_rate else None
 
     def _best_shape(self, caps: Caps, pi: np.ndarray, beside: Beside) -> TreeShape:
         """best_shape, remembered: a search costs milliseconds, and every generation starts

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Callable
 
+from ..endpoints import split_endpoint
 from ..errors import EdgeTreeError, TargetLost, error_line
 
 # ggml-rpc.h of the llama.cpp revision llama-cpp-python 0.3.36 vendors; its client refuses a
@@ -28,7 +29,6 @@ PROTOCOL_MAJOR, PROTOCOL_MINOR = 7, 0
 HELLO_CMD = 14  # RPC_CMD_HELLO, fixed across versions so that a mismatch can be told
 CONN_CAPS_SIZE = 24  # rpc_msg_hello_req: the client's transport capabilities (none: plain TCP)
 HELLO_REPLY_SIZE = 4 + CONN_CAPS_SIZE  # rpc_msg_hello_rsp: major, minor, patch, padding, caps
-MAX_SERVERS = 16  # GGML_RPC_MAX_SERVERS
 CONNECT_TIMEOUT_S = 3.0
 HANDSHAKE_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 0.5  # after a failure: which host refuses connections now
@@ -37,41 +37,6 @@ INSTALL_STEP = ('CMAKE_ARGS="-DGGML_RPC=ON" pip install --force-reinstall --no-c
                 'llama-cpp-python')
 NO_BACKEND = f"--rpc: this llama.cpp build has no RPC backend; reinstall it with {INSTALL_STEP}"
 SERVER_BUILD = "scripts/build_llama_cpp.sh --rpc-server-only"
-
-
-# -- endpoints ---------------------------------------------------------------------------------
-
-def parse_endpoints(text: str) -> tuple[str, ...]:
-    """'HOST:PORT[,HOST:PORT...]' -> the endpoints; ValueError saying what is wrong."""
-    endpoints = tuple(part.strip() for part in text.split(","))
-    for endpoint in endpoints:
-        _split(endpoint)
-    if len(set(endpoints)) < len(endpoints):
-        raise ValueError(f"an endpoint is listed twice in {text!r}")
-    if len(endpoints) > MAX_SERVERS:
-        raise ValueError(f"at most {MAX_SERVERS} RPC hosts, got {len(endpoints)}")
-    return endpoints
-
-
-def endpoints_complaint(text: str) -> str | None:
-    """The option check of --rpc and --rpc-draft."""
-    try:
-        parse_endpoints(text)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def _split(endpoint: str) -> tuple[str, int]:
-    """HOST:PORT as llama.cpp's client reads it: an IPv4 address or a name, then a port."""
-    host, colon, port = endpoint.rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be HOST:PORT with a port in 1..65535, got {endpoint!r}")
-    if ":" in host or "[" in host:
-        raise ValueError(f"llama.cpp's RPC client takes IPv4 addresses and host names only, got {endpoint!r}")
-    if any(c.isspace() for c in host):
-        raise ValueError(f"a host name has no spaces, got {endpoint!r}")
-    return host, int(port)
 
 
 # -- the handshake, from Python ----------------------------------------------------------------
@@ -106,7 +71,7 @@ def check_host(endpoint: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
 
 
 def _connect(endpoint: str) -> socket.socket:
-    host, port = _split(endpoint)
+    host, port = split_endpoint(endpoint)
     try:  # IPv4 only, as llama.cpp's client resolves (gethostbyname)
         address = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
     except OSError:
@@ -136,7 +101,7 @@ def refusing(endpoints, timeout: float = PROBE_TIMEOUT_S) -> list[str]:
     dead = []
     for endpoint in endpoints:
         try:
-            socket.create_connection(_split(endpoint), timeout=timeout).close()
+            socket.create_connection(split_endpoint(endpoint), timeout=timeout).close()
         except OSError:
             dead.append(endpoint)
     return dead
