@@ -31,7 +31,8 @@ def assert_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], g
     assert gap < NEAR_TIE, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"
 
 
-def assert_text_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], text: str):
+def assert_text_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], text: str,
+                                 near_tie: float = NEAR_TIE):
     """As assert_same_or_near_tie, for a reply known by its text (a server's): it parts from the
     reference at the first token whose bytes it does not continue with."""
     got, model = text.encode(), engine.target_model
@@ -47,4 +48,4 @@ def assert_text_same_or_near_tie(engine: Engine, prompt: str, reference: list[in
         done += piece
     assert split < len(reference), "the reply runs on past the reference"
     gap = top2_gap(engine.target_ctx, model.tokenize(prompt) + reference[:split])
-    assert gap < NEAR_TIE, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"
+    assert gap < near_tie, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"
