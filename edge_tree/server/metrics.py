@@ -17,6 +17,7 @@ def _family(name: str, kind: str, help_text: str, samples: list[tuple[str, float
 def render(worker: Worker) -> str:
     counters, states = worker.counters, worker.slot_states()
     busy = [state for state in states if state["state"] != "idle"]
+    generating = [state for state in busy if state["state"] == "generating"]
     families = [
         ("requests_served_total", "counter", "Requests that ran to their end.", counters.served),
         ("requests_cancelled_total", "counter", "Requests whose client left, queued or running.",
@@ -42,6 +43,6 @@ def render(worker: Worker) -> str:
     lines = []
     for name, kind, help_text, value in families:
         lines += _family(name, kind, help_text, [("", float(value))])
-    lines += _family("slot_tokens_per_second", "gauge", "Each busy slot's tokens per second so far.",
-                     [(f'{{slot="{state["id"]}"}}', state["tokens_per_s"]) for state in busy])
+    lines += _family("slot_tokens_per_second", "gauge", "Each generating slot's tokens per second so far.",
+                     [(f'{{slot="{state["id"]}"}}', state["tokens_per_s"]) for state in generating])
     return "\n".join(lines) + "\n"

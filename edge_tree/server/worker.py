@@ -47,7 +47,6 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    queued_at: float = field(default_factory=time.perf_counter)
     trace: "_TraceWrites | None" = None
 
     def send(self, kind: str, value=None) -> None:
@@ -178,12 +177,15 @@ class Worker:
             job.send("unavailable", error)
 
     def slot_states(self) -> list[dict]:
-        """Each slot: idle, or the request it serves and the tokens generated so far."""
+        """Each slot: idle, reading a request's prompt, or generating (the tokens so far)."""
         states = []
         for slot, run in enumerate(list(self.slots.runs) if self.slots else []):
             job = self.running.get(slot)
             if run is None or job is None:
                 states.append({"id": slot, "state": "idle"})
+            elif run.unread:
+                states.append({"id": slot, "state": "reading", "request_id": job.request_id,
+                               "prompt_left": len(run.unread)})
             else:
                 elapsed = time.perf_counter() - run.decode_started
                 states.append({"id": slot, "state": "generating", "request_id": job.request_id,
