@@ -48,7 +48,7 @@ def step_record(step: int, mode: str, root_position: int, outcome: RoundOutcome,
 def trace_header(engine, options: GenOptions, prompt: str) -> dict:
     """A trace's first record: the models, the settings and the prompt (every face alike)."""
     return {"target": engine.target_path, "draft": engine.draft_path,
-            "mode": options.mode or ("tree" if engine.has_draft else "ar"),
+            "mode": engine.check_mode(options.mode),
             "settings": dataclasses.asdict(options), "prompt": str(prompt),
             "prompt_tokens": len(prompt_tokens(engine.target_model, prompt)),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
