@@ -195,3 +195,15 @@ def test_a_long_prompt_is_read_in_parts_while_the_others_go_on(alone, tiny_targe
     with Engine(str(tiny_target), threads=1, ctx_size=1024) as solo:
         reference = solo.generate(long_prompt, max_tokens=MAX_TOKENS, mode="ar")
         assert_same_or_near_tie(solo, long_prompt, reference.tokens, ended[reading].tokens)
+
+
+def test_each_request_counts_its_part_of_a_shared_pass(slots):
+    requests = {k: (prompt, {"max_tokens": MAX_TOKENS}) for k, prompt in enumerate(PROMPTS[:4])}
+    ctx = slots.engine.models.target_ctx
+    before = ctx.decode_s
+    results = run_all(slots, requests)
+    spent = ctx.decode_s - before
+    counted = sum(result.stats["target_decode_s"] for result in results.values())
+    # the parts add up to the passes' time, less the prompts' parts (read before decoding began)
+    assert 0 < counted <= spent * 1.001
+    assert counted > 0.5 * spent

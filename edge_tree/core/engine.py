@@ -224,8 +224,9 @@ class Run:
     def conclude(self, proposal: Proposal, logits_of, target_s: float, ahead_s: float = 0.0,
                  shared: bool = False) -> None:
         """The second half: verify the target pass's logits for this tree, commit both caches,
-        learn, and stream the new tokens. target_s: the pass's seconds; ahead_s: the draft's
-        decodes beside it; shared: the pass carried other runs' trees too."""
+        learn, and stream the new tokens. target_s: the pass's seconds (this tree's part of a
+        shared one); ahead_s: the draft's decodes beside it; shared: the pass carried other
+        runs' trees or prompts too."""
         started, shape, drafted, draft_s = self._round_start
         tree = proposal.tree
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,

@@ -130,7 +130,8 @@ class Slots:
                 self.runs[slot].prefilled()
         for slot, proposal in proposals.items():
             start = starts[slot]
-            self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), pass_s, shared=True)
+            own_s = pass_s * proposal.tree.n / batch.n_tokens  # its part of the pass, by tokens
+            self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), own_s, shared=True)
 
     def _end(self, slot: int, error: Exception | None = None) -> tuple[int, GenerationResult | Exception]:
         run, self.runs[slot] = self.runs[slot], None
