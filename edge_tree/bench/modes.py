@@ -9,7 +9,6 @@ from ..core.options import MODES, GenOptions
 from ..errors import UsageError
 
 DEFAULT_MODES = "ar,chain:4,chain:8,tree"
-DRAFT_MODES = ("chain", "tree")  # the modes that call a draft model
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..core.engine import Engine
-from ..core.options import GenOptions, LoadOptions
+from ..core.options import DRAFT_MODES, GenOptions, LoadOptions
 from ..errors import EdgeTreeError, UsageError
 from ..llamacpp import llama
 from ..progress import Progress
-from .modes import DEFAULT_MODES, DRAFT_MODES, ModeSpec, parse_modes
+from .modes import DEFAULT_MODES, ModeSpec, parse_modes
 from .pairs import resolve_pair
 from .prompts import normalize_prompts
 from .tools import (COMPLETION_ROW, SPEC_CONFIGS, ToolSettings, check_tool_dir, run_completion,

@@ -21,7 +21,7 @@ from .chat import prompt_tokens
 from .drafting import DraftRequest, Proposal, root_only
 from .lanes import Lane
 from .models import LoadedModels
-from .options import GenOptions, LoadOptions, split_options
+from .options import DRAFT_MODES, GenOptions, LoadOptions, split_options
 from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
 from .policy import Caps
 from .stats import RunStats
@@ -99,7 +99,7 @@ class Engine:
 
     def check_mode(self, mode: str | None) -> str:
         mode = mode or ("tree" if self.has_draft else "ar")
-        if mode in ("chain", "tree") and not self.has_draft:
+        if mode in DRAFT_MODES and not self.has_draft:
             raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)", field="mode")
         return mode
 

@@ -18,6 +18,7 @@ from ..endpoints import endpoints_complaint, parse_endpoints
 from .sampling import SamplingParams
 
 MODES = ("ar", "lookup", "chain", "tree")
+DRAFT_MODES = ("chain", "tree")  # the modes that call a draft model
 POLICIES = ("adaptive", "fixed")
 DRAFT_CHILDREN = ("sampled", "topk")
 CONTEXT_FULL = ("error", "stop")
