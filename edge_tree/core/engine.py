@@ -147,6 +147,7 @@ class Run:
         self.stats = RunStats(mode=mode, temperature=options.temperature)
         self.tokens: list[int] = []
         self.unread: list[int] = []  # prompt tokens not yet in the target's cache (begin(later=True))
+        self.decode_started: float | None = None  # once the prompt is in
         self._first_token_first = False
         self.stop = ""
         self._round_start: tuple[float, TreeShape, float, float] | None = None
@@ -187,9 +188,9 @@ class Run:
             self.prefilled()
 
     def prefilled(self) -> None:
-        self.unread = []
         self.stats.prompt_s = time.perf_counter() - self.started
         self.decode_started = time.perf_counter()
+        self.unread = []  # last: a reader on another thread sees decode_started once this is empty
 
     @property
     def params(self):

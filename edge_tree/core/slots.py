@@ -117,17 +117,21 @@ class Slots:
         batch = self._batch
         batch.clear()
         starts = {slot: self.runs[slot].lane.target.stage(p.tree, batch) for slot, p in proposals.items()}
+        parts = {}
         for slot in reading:  # prompts fill the room the trees leave, in arrival order
-            run, room = self.runs[slot], batch.capacity - batch.n_tokens
-            part, run.unread = run.unread[:room], run.unread[room:]
-            run.lane.target.stage_prompt(part, batch)
+            run = self.runs[slot]
+            parts[slot] = run.unread[:batch.capacity - batch.n_tokens]
+            run.lane.target.stage_prompt(parts[slot], batch)
         ctx = self.engine.models.target_ctx
         before = ctx.decode_s
         ctx.decode(batch)
         pass_s = ctx.decode_s - before
-        for slot in reading:
-            if not self.runs[slot].unread:
-                self.runs[slot].prefilled()
+        for slot in reading:  # a run reads until its whole prompt is in (another thread may look)
+            run = self.runs[slot]
+            if len(parts[slot]) < len(run.unread):
+                run.unread = run.unread[len(parts[slot]):]
+            else:
+                run.prefilled()
         for slot, proposal in proposals.items():
             start = starts[slot]
             own_s = pass_s * proposal.tree.n / batch.n_tokens  # its part of the pass, by tokens

@@ -183,7 +183,7 @@ class Worker:
             job = self.running.get(slot)
             if run is None or job is None:
                 states.append({"id": slot, "state": "idle"})
-            elif run.unread:
+            elif run.unread or run.decode_started is None:
                 states.append({"id": slot, "state": "reading", "request_id": job.request_id,
                                "prompt_left": len(run.unread)})
             else:
