@@ -47,6 +47,14 @@ class Lane:
             return self.graft_drafter
         return self.model_drafter if mode != "ar" else None
 
+    def clear(self) -> None:
+        """Empty both shares, after a generation failed with its caches in an unknown state."""
+        self.context = []
+        self.target.reset()
+        if self.model_drafter:
+            self.model_drafter.share.clear()
+            self.model_drafter.forget()
+
     def close(self) -> None:
         self.target.close()
         if self.model_drafter:

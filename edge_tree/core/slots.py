@@ -63,7 +63,7 @@ class Slots:
         try:
             run.begin(tokens, later=True)
         except BaseException:
-            self.lanes[slot].target.reset()
+            self.lanes[slot].clear()
             raise
         self.runs[slot] = run
         return slot
@@ -140,8 +140,6 @@ class Slots:
     def _end(self, slot: int, error: Exception | None = None) -> tuple[int, GenerationResult | Exception]:
         run, self.runs[slot] = self.runs[slot], None
         if error is not None:
-            self.lanes[slot].target.reset()  # whatever the failed round left in the caches
-            if self.lanes[slot].model_drafter:
-                self.lanes[slot].model_drafter.share.clear()
+            self.lanes[slot].clear()  # whatever the failed round left in the caches
             return slot, error
         return slot, run.finish()
