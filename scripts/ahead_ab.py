@@ -12,18 +12,12 @@ rounds, rounds that started ready, and the draft's calls. What docs/distributed.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import ExitStack
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test tooling
-
-from delayproxy import DelayProxy  # noqa: E402
-from rpchosts import RpcServer, rpc_server_binary  # noqa: E402
-
-from edge_tree import Engine  # noqa: E402
-from edge_tree.bench.pairs import resolve_pair  # noqa: E402
-from edge_tree.bench.prompts import default_prompts, normalize_prompts  # noqa: E402
+from edge_tree import Engine
+from edge_tree.bench.loopback import DelayProxy, RpcServer, rpc_server_binary
+from edge_tree.bench.pairs import resolve_pair
+from edge_tree.bench.prompts import default_prompts, normalize_prompts
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 
 Starts --hosts ggml-rpc-server processes on loopback (with their tensor cache, -c, so that the
 tools' repeated loads send hashes, not weights), and for each delay a delaying TCP proxy in
-front of each (tests/delayproxy.py: D ms added each way, as a LAN hop would), then runs
+front of each (edge_tree/bench/loopback.py: D ms added each way, as a LAN hop would), then runs
 `edge-tree bench` over them: our ar and tree (the draft local), and llama.cpp's
 llama-completion --rpc and llama-speculative --rpc with the same files, settings and prompts
 (after ours: an rpc-server serves one client at a time). Prints tokens/s per delay and the
@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test tooling
-
-from delayproxy import DelayProxy  # noqa: E402
-from rpchosts import RpcServer, rpc_server_binary  # noqa: E402
-
-from edge_tree.bench.prompts import default_prompts  # noqa: E402
-from edge_tree.bench.runner import run_bench  # noqa: E402
-from edge_tree.files import cache_dir  # noqa: E402
+from edge_tree.bench.loopback import DelayProxy, RpcServer, rpc_server_binary
+from edge_tree.bench.prompts import default_prompts
+from edge_tree.bench.session import run_bench
+from edge_tree.files import cache_dir
 
 SPECULATIVE_PREFIX = "llama.cpp spec"
 

@@ -7,7 +7,7 @@
 #       scripts/bench_serve.py) and ggml-rpc-server, with their shared libraries
 #   scripts/build_llama_cpp.sh --rpc-server-only [OUT_DIR]
 #       ggml-rpc-server alone, linked statically (a few minutes on 2 cores): what the RPC tests
-#       start (tests/rpchosts.py)
+#       start (edge_tree/bench/loopback.py)
 # OUT_DIR defaults to ~/.cache/edge-tree/llama.cpp. The llama-cpp-python version is read from
 # $PYTHON, else the repository's .venv, else python3. $CMAKE_ARGS is passed on to cmake (for a
 # GPU host's rpc-server: CMAKE_ARGS="-DGGML_CUDA=ON").

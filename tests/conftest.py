@@ -12,7 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import tinymodels` from any test
 from tinymodels import write_tiny_model  # noqa: E402
-from rpchosts import RPC_SERVER_ENV  # noqa: E402
+
+from edge_tree.bench.loopback import RPC_SERVER_ENV  # noqa: E402
 
 _SUITE_CACHE: list[Path] = []
 

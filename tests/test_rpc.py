@@ -21,14 +21,14 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from delayproxy import DelayProxy
-from rpchosts import FakeRpcServer, RpcServer, free_port, rpc_server_binary
+from rpchosts import FakeRpcServer
 from serving import ServerProcess
 from toolargs import flag_value, settings
 from commands import assert_one_line_error, invoke, run
 from serving import assert_error, edge_tree_exe, post, server_env
 
-from edge_tree.bench.runner import run_bench
+from edge_tree.bench.loopback import DelayProxy, RpcServer, free_port, rpc_server_binary
+from edge_tree.bench.session import run_bench
 from edge_tree.bench.tools import completion_command, speculative_command
 from edge_tree.core.calibrate import _key
 from edge_tree.core.engine import Engine
