@@ -12,7 +12,7 @@ from edge_tree.bench import format_table
 from edge_tree.bench.modes import parse_modes
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
-from edge_tree.bench.runner import Row, aggregate
+from edge_tree.bench.session import Row, aggregate
 from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, completion_command,
                                    speculative_command, tool_commands)
 from edge_tree.cli import main

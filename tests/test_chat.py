@@ -43,15 +43,15 @@ def test_gemma_style_writes_bos_once_and_parses_its_turn_tokens(models):
     with llama.Model(models["spm"]) as model:
         prompt = ChatTemplate.of(model).render(CONVERSATION)
         assert isinstance(prompt, ChatPrompt)
-        assert prompt.startswith(model.token_text(model.bos) + "<start_of_turn>user\nBe brief.\n\nhello world")
-        assert prompt.endswith("<start_of_turn>model\n")
+        assert prompt.text.startswith(model.token_text(model.bos) + "<start_of_turn>user\nBe brief.\n\nhello world")
+        assert prompt.text.endswith("<start_of_turn>model\n")
         tokens = prompt_tokens(model, prompt)
         assert model.add_bos and tokens[0] == model.bos and tokens.count(model.bos) == 1
         start, end = turn_ids(model, "gemma")
         assert tokens.count(start) == 4 and tokens.count(end) == 3  # 3 turns closed, the reply's open
         assert model.is_eog(end)  # the reply ends at its end of turn
         # the same text as a plain prompt is plain text: BOS added, "<s>" and markers spelt out
-        plain = prompt_tokens(model, str(prompt))
+        plain = prompt_tokens(model, prompt.text)
         assert plain[0] == model.bos and plain.count(model.bos) == 1 and start not in plain
 
 
@@ -66,14 +66,14 @@ def test_chatml_on_bpe_adds_no_bos_and_parses_its_turn_tokens(models):
     with llama.Model(models["bpe"]) as model:
         assert model.vocab_type == 2 and not model.add_bos  # BPE, as Qwen2.5
         prompt = ChatTemplate.of(model).render(CONVERSATION[1:])
-        assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+        assert prompt.text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
         tokens = prompt_tokens(model, prompt)
         start, end = turn_ids(model, "chatml")
         assert tokens[0] == start and model.bos not in tokens
         assert tokens.count(start) == 5 and tokens.count(end) == 4
         assert model.is_eog(end) and model.token_text(model.eos) == BPE_SPECIAL
         text = b"".join(model.token_bytes(t, special=True) for t in tokens).decode()
-        assert text == prompt  # byte-level BPE gives the rendered text back exactly
+        assert text == prompt.text  # byte-level BPE gives the rendered text back exactly
 
 
 def test_template_refusals_and_missing_templates_are_input_errors(models):
@@ -99,7 +99,7 @@ def test_template_helpers_as_the_ecosystem_has_them():
     template = ChatTemplate("{{ bos_token }}{{ messages | tojson }}|{{ strftime_now('%Y') | length }}"
                             "{% for m in messages %}{% if loop.index > 0 %}{% break %}{% endif %}{% endfor %}",
                             bos_token="<B>")
-    assert template.render(user_message("é<")) == '<B>[{"role": "user", "content": "é<"}]|4'
+    assert template.render(user_message("é<")).text == '<B>[{"role": "user", "content": "é<"}]|4'
 
 
 @pytest.mark.parametrize("family", ["spm", "bpe"])

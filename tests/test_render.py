@@ -23,7 +23,7 @@ from edge_tree.viz.jsonl import TraceWriter
 from edge_tree.viz.outputs import render_trace, trace_sinks
 from edge_tree.viz.report import write_report
 from edge_tree.viz.terminal import text_tree
-from edge_tree.viz.text import visible
+from edge_tree.viz.labels import visible
 from steprecords import make_record, make_step, nasty_step
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -5,12 +5,12 @@
     print(format_table(result))
 
 The parts: prompts.py (the built-in set, package data), modes.py (--modes), pairs.py (--pair),
-tools.py (llama.cpp's tools: command lines and output parsers), runner.py (the run and its
+tools.py (llama.cpp's tools: command lines and output parsers), session.py (the run and its
 aggregation), table.py, command.py (the click command).
 """
 
 from .command import bench
-from .runner import run_bench
+from .session import run_bench
 from .table import format_table
 
 __all__ = ["bench", "run_bench", "format_table"]

@@ -1,4 +1,4 @@
-"""`edge-tree bench`: the click command over runner.run_bench and table.format_table."""
+"""`edge-tree bench`: the click command over session.run_bench and table.format_table."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ..files import check_writable_file, write_text
 from .modes import DEFAULT_MODES
 from .pairs import PAIRS
 from .prompts import load_prompts
-from .runner import DEFAULT_MAX_TOKENS, DEFAULT_TOOL_TIMEOUT, run_bench
+from .session import DEFAULT_MAX_TOKENS, DEFAULT_TOOL_TIMEOUT, run_bench
 from .table import format_table
 
 # what to load: the same options, checks and messages as `edge-tree generate`

@@ -12,25 +12,37 @@ assistant's reply begins. The reply ends at the model's end-of-turn token (`<end
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 from ..errors import EdgeTreeError, InputError
 from ..llamacpp.llama import Model
 
 
-class ChatPrompt(str):
+@dataclass(frozen=True)
+class ChatPrompt:
     """Text written by a chat template: tokenized with its special tokens parsed as such
     (`<start_of_turn>` is one control token, not eleven characters) and BOS added only when the
-    template did not write it already. A plain str prompt is tokenized as plain text."""
+    template did not write it already. A plain str prompt is tokenized as plain text. Not a str
+    itself, so that no string operation can turn it into plain text unnoticed."""
+
+    text: str
 
 
-def prompt_tokens(model: Model, prompt: str) -> list[int]:
+Prompt = Union[str, ChatPrompt]  # what the engine generates from
+
+
+def prompt_text(prompt: Prompt) -> str:
+    return prompt.text if isinstance(prompt, ChatPrompt) else prompt
+
+
+def prompt_tokens(model: Model, prompt: Prompt) -> list[int]:
     """The tokens of a prompt as the engine feeds them: a ChatPrompt with BOS once, plain text
     with the model's own special tokens (BOS) added and any special-looking text kept as text."""
     if not isinstance(prompt, ChatPrompt):
         return model.tokenize(prompt, add_special=True)
-    tokens = model.tokenize(prompt, add_special=False, parse_special=True)
+    tokens = model.tokenize(prompt.text, add_special=False, parse_special=True)
     if model.add_bos and model.bos >= 0 and tokens[:1] != [model.bos]:
         tokens.insert(0, model.bos)
     return tokens

@@ -17,16 +17,16 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from ..records import StepRecord
-from .chat import prompt_tokens
+from .chat import Prompt, prompt_tokens
 from .drafting import DraftRequest, Proposal, root_only
 from .lanes import Lane
 from .models import LoadedModels
 from .options import DRAFT_MODES, GenOptions, LoadOptions, split_options
 from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
 from .policy import Caps
+from .detokenize import StopText
 from .stats import RunStats
 from .steps import step_record
-from .text import StopText
 from .verify import verify
 
 NO_CAP = 1 << 30
@@ -80,7 +80,7 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def generate(self, prompt: str, options: GenOptions | None = None, *,
+    def generate(self, prompt: Prompt, options: GenOptions | None = None, *,
                  on_text: Callable[[str], None] | None = None,
                  on_step: Callable[[StepRecord], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
@@ -103,7 +103,7 @@ class Engine:
             raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)", field="mode")
         return mode
 
-    def tokenize_prompt(self, prompt: str, options: GenOptions) -> list[int]:
+    def tokenize_prompt(self, prompt: Prompt, options: GenOptions) -> list[int]:
         tokens = prompt_tokens(self.target_model, prompt)  # a ChatPrompt parses special tokens
         if not tokens:
             raise InputError("prompt", "the prompt is empty and this model adds no BOS token to start from")

@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..llamacpp.llama import Batch
 from ..records import StepRecord
+from .chat import Prompt
 from .engine import Engine, GenerationResult, Run
 from .options import GenOptions
 from .plan import Beside
@@ -47,7 +48,7 @@ class Slots:
     def free(self) -> int:
         return len(self.runs) - self.busy
 
-    def start(self, prompt: str, options: GenOptions, *, on_text: Callable[[str], None] | None = None,
+    def start(self, prompt: Prompt, options: GenOptions, *, on_text: Callable[[str], None] | None = None,
               on_step: Callable[[StepRecord], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> int:
         """Tokenize prompt and give it a free lane (one must be free); returns the lane's index.

@@ -10,10 +10,10 @@ import numpy as np
 
 from ..llamacpp.llama import Model
 from ..records import StepNodes, StepRecord
-from .chat import prompt_tokens
+from .chat import Prompt, prompt_text, prompt_tokens
+from .detokenize import piece_text
 from .options import GenOptions
 from .plan import RoundOutcome
-from .text import piece_text
 from .tree import ACCEPTED, NGRAM, REJECTED, SOURCE_NAMES, STATUS_NAMES
 
 
@@ -45,10 +45,10 @@ def step_record(step: int, mode: str, root_position: int, outcome: RoundOutcome,
         timings={"draft_s": outcome.draft_s, "verify_s": outcome.verify_s, "total_s": outcome.round_s})
 
 
-def trace_header(engine, options: GenOptions, prompt: str) -> dict:
+def trace_header(engine, options: GenOptions, prompt: Prompt) -> dict:
     """A trace's first record: the models, the settings and the prompt (every face alike)."""
     return {"target": engine.target_path, "draft": engine.draft_path,
             "mode": engine.check_mode(options.mode),
-            "settings": dataclasses.asdict(options), "prompt": str(prompt),
+            "settings": dataclasses.asdict(options), "prompt": prompt_text(prompt),
             "prompt_tokens": len(prompt_tokens(engine.target_model, prompt)),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}

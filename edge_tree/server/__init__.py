@@ -1,7 +1,7 @@
 """`edge-tree serve`: an OpenAI-compatible local server (completions and chat) on tree decoding.
 
 Layout: `wire.py` (the OpenAI request and answer shapes, errors), `worker.py` (the one engine,
-its bounded FIFO and its thread), `app.py` (the routes, on FastAPI), `runner.py` (uvicorn until
+its bounded FIFO and its thread), `app.py` (the routes, on FastAPI), `serve.py` (uvicorn until
 SIGINT or SIGTERM), and this command, which checks the options, binds the port and loads the
 models. FastAPI and uvicorn load only when the server starts.
 """
@@ -86,7 +86,7 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, api_k
             click.echo(f"edge-tree: warning: listening on {host} without --api-key: anyone who can "
                        "reach this address can use the server", err=True)
         with listener:
-            from .runner import Settings, run
+            from .serve import Settings, run
 
             settings = Settings(queue_size, trace_dir, api_key, max_body, loopback, cors_origins,
                                 n_predict if n_predict > 0 else None, timeout or None)

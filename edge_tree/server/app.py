@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..core.chat import ChatTemplate
+from ..core.chat import ChatTemplate, Prompt
 from ..core.engine import GenerationResult
 from ..errors import EdgeTreeError
 from . import metrics, wire
@@ -102,7 +102,7 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
             raise wire.error_from(e, chat=True) from None
         return await answer(request, call, prompt)
 
-    async def answer(request: Request, call: wire.Call, prompt: str) -> Response:
+    async def answer(request: Request, call: wire.Call, prompt: Prompt) -> Response:
         job = Job(prompt, call.options, call.id, asyncio.get_running_loop())
         try:
             worker.submit(job)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..core.chat import Prompt
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
 from ..core.slots import Slots
@@ -41,7 +42,7 @@ class Unavailable(Exception):
 
 @dataclass
 class Job:
-    prompt: str  # a ChatPrompt for chat requests
+    prompt: Prompt  # a ChatPrompt for chat requests
     options: GenOptions
     request_id: str
     loop: asyncio.AbstractEventLoop

@@ -20,7 +20,7 @@ from ..files import atomic_write
 from ..records import StepRecord
 from .jsonl import PICTURE_FORMATS, step_filename
 from .terminal import text_tree
-from .text import fmt_logprob, fmt_prob, visible
+from .labels import fmt_logprob, fmt_prob, visible
 
 DOT_MISSING = (
     "Graphviz's `dot` program is not on PATH; install it with `apt-get install graphviz` "

@@ -23,7 +23,7 @@ from ..records import StepRecord, acceptance_by_depth, record_rounds
 from .charts import ACCEPTED_COLOR, BONUS_COLOR, Chart, bar_chart
 from .graph import inline_svgs, step_graph
 from .terminal import text_tree
-from .text import EMPTY, fmt_prob, shown_in_flow, visible
+from .labels import EMPTY, fmt_prob, shown_in_flow, visible
 
 STEP_HUES = 6  # token colours .h0 ... .h5 in report.css: one per step, cycling
 

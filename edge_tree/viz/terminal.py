@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..records import StepRecord
-from .text import fmt_prob, visible
+from .labels import fmt_prob, visible
 
 _ANSI = {
     "root": "\x1b[1m",
