@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,27 @@ def test_no_plan_outgrows_the_context(tiny_target, tiny_draft_other, seed):
             result = engine.generate(prompt, max_tokens=100_000, mode="tree", context_full="stop")
             assert result.stop_reason == "context"
             assert result.stats["prompt_tokens"] + result.stats["tokens"] == engine.target_ctx.n_ctx
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_tree_keeps_the_users_caps_whatever_the_plan(tiny_target, tiny_draft_other, seed):
+    """The caps hold in one place, the engine's shaping of the plan: whatever depth, width and
+    size the policy asks for, no tree is deeper, no level of the draft's wider, and no tree
+    bigger than the user allowed (prompt-lookup guesses included in depth and size)."""
+    caps = dict(max_depth=3, max_nodes_per_level=2, max_total_nodes=5)
+    with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=256) as engine:
+        engine.models.lanes[0].policy = RandomPlans(seed)
+        result = engine.generate(REPEATING, max_tokens=48, mode="tree", record_steps=True, **caps)
+    drafted_trees = 0
+    for step in result.steps:
+        nodes = step.nodes
+        drafted = [i for i in range(1, len(nodes)) if nodes.source[i] != "target"]  # not the bonus
+        drafted_trees += bool(drafted)
+        assert len(drafted) <= caps["max_total_nodes"]
+        assert all(nodes.depth[i] <= caps["max_depth"] for i in drafted)
+        per_level = Counter(nodes.depth[i] for i in drafted if nodes.source[i] == "draft")
+        assert max(per_level.values(), default=0) <= caps["max_nodes_per_level"]
+    assert drafted_trees > len(result.steps) // 2  # the plans did ask for trees
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -287,12 +287,14 @@ class Run:
         node_cap = max(0, min(self.caps.max_total_nodes, cells - 1))
         depth = min(plan.max_depth, depth_cap)
         nodes = min(plan.max_total_nodes, node_cap) if depth else 0
+        per_level = min(plan.max_nodes_per_level, self.caps.max_nodes_per_level or NO_CAP)
         extra = self.drafter.extra_nodes
         wanted = extra if plan.guess_nodes is None else min(plan.guess_nodes, extra)
         # the draft's cache holds the committed tokens, the guess it checks in its first call (up
         # to guess_depth tokens) and a cell per node it expands (fewer than `nodes`): all in n_ctx
         guess_depth = min(depth_cap, max(0, cells - 1 - nodes))
-        return replace(plan, max_depth=depth, max_total_nodes=nodes, guess_depth=guess_depth,
+        return replace(plan, max_depth=depth, max_total_nodes=nodes, max_nodes_per_level=per_level,
+                       guess_depth=guess_depth,
                        guess_nodes=min(wanted, node_cap - nodes) if guess_depth else 0)
 
     def _emit(self, new_tokens: list[int]) -> str:

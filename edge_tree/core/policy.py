@@ -9,14 +9,15 @@ from typing import Protocol
 import numpy as np
 
 from .costs import CostModel
+from .options import MAX_TREE_NODES
 from .plan import ALONE, GUESS_LEN, PLAIN, Beside, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
 SEARCH_DEPTH = 24  # the deepest tree the shape search considers
-# The most drafted nodes a plan uses: every leaf is a sequence of the target's cache
-# (llama.cpp's LLAMA_MAX_SEQ is 256), and the engine keeps room beside them for a guess branch.
-MAX_PLANNED_NODES = 254
+# The most drafted nodes a plan uses: the most a tree may have (every leaf is a sequence of the
+# target's cache), less one that the engine keeps beside them for a guess branch.
+MAX_PLANNED_NODES = MAX_TREE_NODES - 1
 # A CPU-sized default: one main branch decoded per level, with the draft's runner-up kept as a
 # free sibling leaf (its logits are already computed; it only costs a verify slot).
 DEFAULT_TREE = TreeShape(max_depth=8, max_nodes_per_level=2, max_total_nodes=16, branch=2, expand=1)
@@ -54,14 +55,6 @@ def fixed_plan(mode: str, caps: Caps) -> TreeShape | None:
     return None
 
 
-def capped(shape: TreeShape, caps: Caps) -> TreeShape:
-    depth = min(shape.max_depth, caps.max_depth or shape.max_depth)
-    per_level = min(shape.max_nodes_per_level, caps.max_nodes_per_level or shape.max_nodes_per_level)
-    total = min(shape.max_total_nodes, caps.max_total_nodes or shape.max_total_nodes)
-    return replace(shape, max_depth=depth, max_nodes_per_level=per_level, max_total_nodes=total,
-                   branch=min(shape.branch, per_level), expand=min(shape.expand, per_level))
-
-
 class Policy(Protocol):
     share: Beside  # what the last plan brings to a shared round
 
@@ -85,13 +78,13 @@ class FixedPolicy:
         return shape
 
     def _tree(self, caps: Caps) -> TreeShape:
+        """The user's values where given, else the base's (the engine enforces them as caps)."""
         per_level = caps.max_nodes_per_level or self.base.max_nodes_per_level
-        wanted = TreeShape(max_depth=caps.max_depth or self.base.max_depth,
-                           max_nodes_per_level=per_level,
-                           max_total_nodes=caps.max_total_nodes or self.base.max_total_nodes,
-                           branch=self.base.branch,
-                           expand=max(self.base.expand, per_level // self.base.branch))
-        return capped(wanted, caps)
+        branch = min(self.base.branch, per_level)
+        return TreeShape(max_depth=caps.max_depth or self.base.max_depth,
+                         max_nodes_per_level=per_level,
+                         max_total_nodes=caps.max_total_nodes or self.base.max_total_nodes,
+                         branch=branch, expand=min(max(self.base.expand, per_level // branch), per_level))
 
     def observe(self, outcome: RoundOutcome) -> None:
         pass
