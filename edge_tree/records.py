@@ -157,6 +157,14 @@ def _number(value) -> float | None:
 
 # -- metrics over rounds: the one definition that --stats, the report and the bench share --------
 
+def walked(kids: list[list[int]], accepted: Iterable[int]):
+    """For every node the target's walk visited, from the root: (node, its children, the child
+    the walk took from it or None). kids: children per node, in the order they were tried."""
+    path = [0, *accepted]
+    for depth, node in enumerate(path):
+        yield node, kids[node], path[depth + 1] if depth + 1 < len(path) else None
+
+
 def acceptance_by_depth(rounds: Iterable[tuple[int, int]]) -> list[float]:
     """P(the target takes a depth-d node | the walk reached depth d - 1 and a node was drafted
     there), for d = 1 up to the deepest depth the walk ever tried.

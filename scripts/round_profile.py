@@ -16,6 +16,7 @@ import argparse
 import edge_tree
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
+from edge_tree.records import walked
 
 SUMMED = ("tokens", "rounds", "drafted", "accepted", "draft_calls", "target_decode_s", "draft_decode_s",
           "host_s")
@@ -24,12 +25,10 @@ SUMMED = ("tokens", "rounds", "drafted", "accepted", "draft_calls", "target_deco
 def taken_by_source(step, taken: dict[str, list[int]]) -> None:
     """For each node the target's walk reached: did it take the draft's top child (rank 0), and
     a guessed child where there was one. taken[source] = [tried, taken]."""
-    nodes, kids = step.nodes, step.children()
-    path = [0] + list(step.accepted)
-    for depth, node in enumerate(path):
-        took = path[depth + 1] if depth + 1 < len(path) else None
+    nodes = step.nodes
+    for _, kids, took in walked(step.children(), step.accepted):
         for source in ("draft", "ngram"):
-            tried = [c for c in kids[node] if nodes.source[c] == source
+            tried = [c for c in kids if nodes.source[c] == source
                      and (source == "ngram" or nodes.rank[c] == 0)]
             if tried:
                 taken[source][0] += 1

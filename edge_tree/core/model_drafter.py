@@ -33,7 +33,7 @@ from ..llamacpp.draft_vocab import OutputRows
 from ..llamacpp.share import Share
 from .drafting import DraftRequest, Proposal
 from .plan import TreeShape, prob_bin
-from .sampling import distribution, sample_without_replacement
+from .sampling import distribution, log_normalizer, sample_without_replacement
 from .tree import TokenTree, common_prefix
 from .verify import Verdict
 
@@ -47,10 +47,7 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         top[i] = np.argmax(work)
         if k > 1:
             work[top[i]] = -np.inf
-    peak = float(logits[top[0]])
-    shifted = np.subtract(logits, peak, dtype=np.float32)
-    log_norm = peak + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
-    return top, logits[top].astype(np.float64) - log_norm
+    return top, logits[top].astype(np.float64) - log_normalizer(logits, float(logits[top[0]]))
 
 
 @dataclass

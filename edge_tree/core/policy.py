@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..records import walked
 from .costs import CostModel
 from .options import MAX_TREE_NODES
 from .plan import ALONE, GUESS_LEN, PLAIN, Beside, RoundOutcome, TreeShape, prob_bin
@@ -93,15 +94,11 @@ class FixedPolicy:
         pass
 
 
-def visited_children(tree, verdict):
-    """For every node the target's walk visited: its draft-made children in sibling order, and
-    the one the target took (None where it took none). Guesses grafted from the context are
-    left out: the statistics are about how the draft model ranks."""
-    kids = tree.children()
-    path = [0] + list(verdict.accepted)
-    for depth, node in enumerate(path):
-        matched = path[depth + 1] if depth + 1 < len(path) else None
-        yield [c for c in kids[node] if tree.source[c] == DRAFT], matched
+def visited_children(tree, verdict, source: int = DRAFT):
+    """For every node the target's walk visited: its children made by source (the draft model,
+    or prompt lookup) in sibling order, and the child the target took (None where it took none)."""
+    for _, kids, taken in walked(tree.children(), verdict.accepted):
+        yield [c for c in kids if tree.source[c] == source], taken
 
 
 class RankAcceptance:
@@ -275,13 +272,10 @@ class GuessAcceptance:
         self.trials = prior_weight
 
     def observe(self, tree, verdict) -> None:
-        kids = tree.children()
-        path = [0] + list(verdict.accepted)
-        for depth, node in enumerate(path):
-            guesses = [c for c in kids[node] if tree.source[c] == NGRAM]
+        for guesses, taken in visited_children(tree, verdict, NGRAM):
             if guesses:
                 self.trials += 1
-                self.hits += depth + 1 < len(path) and path[depth + 1] in guesses
+                self.hits += taken in guesses
 
     def rate(self) -> float:
         return self.hits / self.trials

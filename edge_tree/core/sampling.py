@@ -65,6 +65,13 @@ def _nucleus(keep: np.ndarray, kept: np.ndarray, peak: float, top_p: float):
     return keep[order[:n]], kept[order[:n]]
 
 
+def log_normalizer(logits: np.ndarray, peak: float) -> float:
+    """log(sum(exp(logits))) given their maximum: softmax's denominator in one float32 pass over
+    the vocabulary, summed in float64, so that a log-prob is logits[t] - log_normalizer."""
+    shifted = np.subtract(logits, peak, dtype=np.float32)
+    return peak + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
+
+
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     """The k largest logits' indices, exactly: the top k all lie within some window below the
     peak, so partition only the few tokens there (a 262k-wide argpartition costs 2.4 ms)."""

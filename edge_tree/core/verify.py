@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .sampling import SamplingParams, distribution, sample
+from .sampling import SamplingParams, distribution, log_normalizer, sample
 from .tree import TokenTree
 
 LogitsOf = Callable[[int], np.ndarray]
@@ -51,8 +51,7 @@ def _note_children(target_prob: np.ndarray, kids: list[int], tree: TokenTree, pr
 def _note_children_softmax(target_prob: np.ndarray, kids: list[int], tree: TokenTree,
                            logits: np.ndarray) -> None:
     """Softmax probabilities of the children's tokens only: one pass over the vocabulary."""
-    peak = float(logits.max())
-    log_norm = peak + float(np.log(np.exp(logits - peak, dtype=np.float32).sum(dtype=np.float64)))
+    log_norm = log_normalizer(logits, float(logits.max()))
     for c in kids:
         target_prob[c] = np.exp(float(logits[tree.token[c]]) - log_norm)
 
