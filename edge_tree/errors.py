@@ -36,6 +36,11 @@ class TargetLost(EdgeTreeError):
     cannot go on: llama.cpp's calls that wait on the host never return."""
 
 
+class HostStalled(EdgeTreeError):
+    """A target pass on RPC hosts ran past its deadline (serve --rpc-timeout): the requests in it
+    fail, and the server waits for the host to answer again."""
+
+
 def error_line(error: EdgeTreeError) -> str:
     return f"edge-tree: error: {error}"
 

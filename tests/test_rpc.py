@@ -261,6 +261,68 @@ def test_a_host_killed_while_serving_fails_that_request_and_the_server_goes_on(
     assert f"edge-tree: error: RPC host {doomed.endpoint} stopped answering" in server.stderr
 
 
+@pytest.fixture
+def stalling(rpc_binary):
+    """An rpc-server of the test's own behind a proxy that the test can make stop forwarding."""
+    with RpcServer(rpc_binary) as host, DelayProxy(("127.0.0.1", host.port), delay_s=0.0) as hop:
+        yield hop
+
+
+STALL_DEADLINE_S = 2
+
+
+def stalled_server(tiny_target, tmp_path_factory, hop) -> ServerProcess:
+    return ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", THREADS, "-c", 512, "--rpc", hop.endpoint,
+                         "--rpc-timeout", STALL_DEADLINE_S, env=server_env(tmp_path_factory))
+
+
+def test_a_stalled_host_fails_its_request_by_the_deadline_and_the_server_recovers(
+        tiny_target, tmp_path_factory, stalling):
+    """A host that stops answering with its connection open: the request in the pass gets a 502
+    naming the host within the deadline, others a 503 and /health 'degraded' while it stalls;
+    once it answers again, the next request is served (the same text), with no restart."""
+    server = stalled_server(tiny_target, tmp_path_factory, stalling)
+    body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    try:
+        reference = post(server, "/completions", body)
+        assert reference.status_code == 200, reference.text
+        stalling.hold()
+        started = time.monotonic()
+        error = assert_error(post(server, "/completions", body), 502)
+        assert time.monotonic() - started < STALL_DEADLINE_S + 5
+        assert error["code"] == "rpc_host_timeout" and stalling.endpoint in error["message"]
+        health = httpx.get(server.url + "/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        busy = post(server, "/completions", body)
+        assert assert_error(busy, 503)["code"] == "rpc_host_stalled" and "Retry-After" in busy.headers
+        stalling.release()
+        assert server.wait_health(lambda h: h["status"] == "ok")["status"] == "ok"
+        again = post(server, "/completions", body)
+        assert again.status_code == 200, again.text
+        assert again.json()["choices"][0]["text"] == reference.json()["choices"][0]["text"]
+        assert server.terminate(timeout=30) == 0, server.stderr
+    finally:
+        stalling.release()
+        server.stop()
+    assert "Traceback" not in server.stderr
+    assert f"RPC host {stalling.endpoint} did not answer within {STALL_DEADLINE_S} s" in server.stderr
+
+
+def test_sigterm_while_a_host_stalls_exits_in_bounded_time(tiny_target, tmp_path_factory, stalling):
+    server = stalled_server(tiny_target, tmp_path_factory, stalling)
+    try:
+        stalling.hold()
+        assert_error(post(server, "/completions", {"prompt": PROMPT, "max_tokens": 6}), 502)
+        started = time.monotonic()
+        assert server.terminate(timeout=STALL_DEADLINE_S + 20) == 0, server.stderr
+        assert time.monotonic() - started < STALL_DEADLINE_S + 20
+    finally:
+        stalling.release()
+        server.stop()
+    assert "Traceback" not in server.stderr
+    assert "edge-tree: stopped while waiting on an RPC host" in server.stderr
+
+
 def test_the_failed_host_is_named_once_its_listener_closes():
     """A killed rpc-server's connection may close before its listening socket does: the host that
     failed is asked again until one refuses (a test once named both hosts)."""

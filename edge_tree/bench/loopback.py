@@ -9,7 +9,8 @@ qdisc), as scripts/bench_rpc.py and the RPC tests use them.
 ggml-rpc-server comes from `scripts/build_llama_cpp.sh --rpc-server-only` (the README's test
 command runs it): $EDGE_TREE_RPC_SERVER, else ~/.cache/edge-tree/llama.cpp/ggml-rpc-server.
 The proxy forwards bytes read at time t at t + delay_s, in order; bandwidth is not limited; every
-connection gets its own upstream connection.
+connection gets its own upstream connection; hold() stops it forwarding (a stalled host), release()
+goes on.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ class DelayProxy:
         self.port = self._listener.getsockname()[1]
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()  # cleared: bytes are read and held, as by a stalled host
+        self._flowing.set()
         threading.Thread(target=self._accept, name="delayproxy-accept", daemon=True).start()
 
     @property
@@ -161,6 +164,7 @@ class DelayProxy:
             while True:
                 due, data = held.get()
                 time.sleep(max(0.0, due - time.monotonic()))
+                self._flowing.wait()
                 try:
                     if not data:
                         dst.shutdown(socket.SHUT_WR)
@@ -172,7 +176,16 @@ class DelayProxy:
         threading.Thread(target=read, daemon=True).start()
         threading.Thread(target=write, daemon=True).start()
 
+    def hold(self) -> None:
+        """Stop forwarding, connections kept open: a host that stops answering mid-pass."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Forward again, what was held first."""
+        self._flowing.set()
+
     def close(self) -> None:
+        self._flowing.set()  # writers blocked on a hold go on, and end on the closed sockets
         stop_listening(self._listener)
         with self._lock:
             for sock in self._open:

@@ -48,6 +48,9 @@ Examples:
 @click.option("--timeout", type=float, default=600.0, show_default=True,
               help="Seconds a generation may run at most (0: no limit); a request's max_time may "
                    "only lower it. Past it the reply ends with finish_reason 'length'.")
+@click.option("--rpc-timeout", type=float, default=30.0, show_default=True,
+              help="With --rpc/--rpc-draft: seconds a round's pass over the hosts may take; past it "
+                   "its requests fail (502) and others get 503 until the hosts answer (0: no limit).")
 @click.option("--api-key", envvar="EDGE_TREE_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
 @click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,
@@ -55,8 +58,8 @@ Examples:
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server from a "
                    "browser; repeat for more. None by default.")
-def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, api_key, max_body, cors_origins,
-          **options):
+def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_timeout, api_key, max_body,
+          cors_origins, **options):
     """Serve the target (with its draft) over OpenAI's API: /v1/completions, /v1/chat/completions,
     /v1/models, /health and /metrics, streaming or not, --parallel generations at a time.
 
@@ -73,6 +76,8 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, api_k
             raise UsageError("--n-predict", f"must be -1 or at least 1, got {n_predict}")
         if timeout < 0:
             raise UsageError("--timeout", f"must be at least 0, got {timeout}")
+        if rpc_timeout < 0:
+            raise UsageError("--rpc-timeout", f"must be at least 0, got {rpc_timeout}")
         if max_body < 1:
             raise UsageError("--max-body", f"must be at least 1, got {max_body}")
         if api_key is not None and not api_key.strip():
@@ -89,7 +94,9 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, api_k
             from .serve import Settings, run
 
             settings = Settings(queue_size, trace_dir, api_key, max_body, loopback, cors_origins,
-                                n_predict if n_predict > 0 else None, timeout or None)
+                                n_predict if n_predict > 0 else None, timeout or None,
+                                rpc_timeout or None,
+                                tuple(dict.fromkeys(load_options.rpc_hosts + load_options.rpc_draft_hosts)))
             run(lambda: Engine(options=load_options, progress=True, lanes=parallel), listener, settings)
 
 

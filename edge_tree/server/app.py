@@ -71,6 +71,8 @@ def create_app(worker: Worker, model_id: str, api_key: str | None, max_body: int
                  "slots": worker.slot_states()}
         if worker.lost:  # answered, but unhealthy: a load balancer takes this server out
             return JSONResponse(state | {"status": "unavailable", "running": 0, "error": str(worker.lost)}, 503)
+        if worker.stalled:  # until the host answers again
+            return JSONResponse(state | {"status": "degraded", "error": str(worker.stalled)}, 503)
         return state
 
     @app.get("/metrics")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -37,12 +38,14 @@ class Settings:
     cors_origins: tuple[str, ...]
     n_predict: int | None  # the default max_tokens
     timeout: float | None  # the longest generation, seconds
+    rpc_timeout: float | None  # the longest pass over RPC hosts, seconds
+    hosts: tuple[str, ...]  # the RPC hosts of both models
 
 
 def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings) -> None:
     """Load the engine on its worker's thread, then serve until a signal; then the running
     generations end after their round, the waiting requests get 503, and this returns."""
-    worker = Worker(load, settings.queue_size, settings.trace_dir)
+    worker = Worker(load, settings.queue_size, settings.trace_dir, settings.rpc_timeout, settings.hosts)
     worker.start()
     engine = worker.engine
     limits = Limits(engine.models.lanes[0].cells, settings.n_predict, settings.timeout)
@@ -61,7 +64,10 @@ def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings)
     finally:
         rpc.on_host_failure(None)
         worker.close()
-        worker.join()
+        worker.join(settings.rpc_timeout if worker.stalled else None)
+        if worker.stalled:  # its thread still waits inside llama.cpp on the host: leave without it
+            print("edge-tree: stopped while waiting on an RPC host", file=sys.stderr, flush=True)
+            os._exit(0)
 
 
 def _target_lost(worker: Worker, error: TargetLost) -> None:

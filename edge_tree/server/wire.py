@@ -13,7 +13,7 @@ from typing import Any
 
 from ..core.engine import GenerationResult
 from ..core.options import GenOptions
-from ..errors import EdgeTreeError, InputError, TargetLost, UsageError
+from ..errors import EdgeTreeError, HostStalled, InputError, TargetLost, UsageError
 
 # OpenAI fields asking for what edge-tree does not do: accepted only at the value that asks for nothing
 NEUTRAL = {"n": (1,), "best_of": (1,), "echo": (False,), "logprobs": (False, 0), "top_logprobs": (0,),
@@ -57,8 +57,12 @@ def server_error(message: str) -> ApiError:
     return ApiError(500, message, kind="server_error")
 
 
-def unavailable(error: TargetLost) -> ApiError:
-    """Every request once the target is lost: this process cannot run it again."""
+def unavailable(error: TargetLost | HostStalled) -> ApiError:
+    """Every request once the target is lost (this process cannot run it again), or while a pass
+    waits on a host past its deadline (until the host answers)."""
+    if isinstance(error, HostStalled):
+        return ApiError(503, f"the target is unavailable for now: {error}; retry later",
+                        kind="server_error", code="rpc_host_stalled", headers={"Retry-After": "10"})
     return ApiError(503, f"the target is unavailable: {error}; restart edge-tree serve",
                     kind="server_error", code="target_unavailable")
 
@@ -70,6 +74,8 @@ def error_from(error: Exception, chat: bool) -> ApiError:
         return ApiError(400, str(error).replace(error.option, error.field, 1), param=error.field)
     if isinstance(error, TargetLost):  # the host behind this server failed: a bad gateway
         return ApiError(502, str(error), kind="server_error", code="rpc_host_failed")
+    if isinstance(error, HostStalled):  # ... or kept it waiting past the deadline
+        return ApiError(502, str(error), kind="server_error", code="rpc_host_timeout")
     if isinstance(error, InputError):
         param = "messages" if chat and error.field == "prompt" else error.field
         return ApiError(400, _in_field_names(str(error)), param=param, code=error.code)

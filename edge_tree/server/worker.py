@@ -25,7 +25,7 @@ from ..core.chat import Prompt
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
 from ..core.slots import Slots
-from ..errors import EdgeTreeError, TargetLost
+from ..errors import EdgeTreeError, HostStalled, TargetLost, error_line
 
 
 class QueueFull(Exception):
@@ -48,6 +48,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    failed: bool = False  # told its error while its generation was still inside a pass
     trace: "_TraceWrites | None" = None
 
     def send(self, kind: str, value=None) -> None:
@@ -88,7 +89,10 @@ class Worker:
     cost calibration) spinning beside the worker's slowed every generation by a third on 2 cores.
     All of llama.cpp's work therefore happens on this one thread."""
 
-    def __init__(self, load: Callable[[], Engine], queue_size: int, trace_dir: str | None = None):
+    def __init__(self, load: Callable[[], Engine], queue_size: int, trace_dir: str | None = None,
+                 pass_deadline: float | None = None, hosts: tuple[str, ...] = ()):
+        """pass_deadline: seconds a round's pass over the RPC hosts may take before its requests
+        fail (None: no limit); hosts: those hosts, as the errors name them."""
         self._load = load
         self.engine: Engine | None = None
         self.slots: Slots | None = None
@@ -99,6 +103,9 @@ class Worker:
         self.counters = Counters()
         self.running: dict[int, Job] = {}  # by slot
         self.lost: TargetLost | None = None
+        self.pass_deadline, self.hosts = pass_deadline, hosts
+        self.stalled: HostStalled | None = None  # while a pass is past its deadline
+        self._pass_started: float | None = None  # time.monotonic() of the round in progress
         self._waiting: collections.deque[Job] = collections.deque()
         self._closing = False
         self._wake = threading.Condition()
@@ -110,6 +117,8 @@ class Worker:
         self._loaded.wait()
         if self._load_error is not None:
             raise self._load_error
+        if self.pass_deadline and self.hosts:
+            threading.Thread(target=self._watch, name="edge-tree-pass-deadline", daemon=True).start()
 
     def _main(self) -> None:
         try:
@@ -137,8 +146,8 @@ class Worker:
         with self._wake:
             if self._closing:
                 raise Closed
-            if self.lost:
-                raise Unavailable(self.lost)
+            if self.lost or self.stalled:
+                raise Unavailable(self.lost or self.stalled)
             if len(self._waiting) - self.slots.free >= self.queue_size:  # jobs it would wait behind
                 self.counters.rejected += 1
                 raise QueueFull
@@ -209,9 +218,47 @@ class Worker:
             for job in admitted:
                 self._start(job)
             if self.running:
-                for slot, outcome in self.slots.step():
+                self._pass_started = time.monotonic()
+                try:
+                    ended = self.slots.step()
+                finally:
+                    self._pass_started = None
+                self._answered_again()
+                for slot, outcome in ended:
                     self._end(self.running[slot], outcome)
                     del self.running[slot]  # after the counts: /health never sees it half-ended
+
+    def _watch(self) -> None:
+        """Fail the requests of a pass that outlives the deadline: the host holding it up may
+        never answer, and their clients should not wait on it (llama.cpp's RPC client has no
+        timeout of its own; this thread cannot take the engine's thread out of its wait)."""
+        period = min(1.0, self.pass_deadline / 10)
+        while not self._closing:
+            time.sleep(period)
+            started = self._pass_started
+            if started is not None and not self.stalled and time.monotonic() - started > self.pass_deadline:
+                self._stall()
+
+    def _stall(self) -> None:
+        where = f"RPC host {self.hosts[0]}" if len(self.hosts) == 1 else f"one of the RPC hosts {', '.join(self.hosts)}"
+        error = HostStalled(f"{where} did not answer within {self.pass_deadline:g} s (--rpc-timeout)")
+        with self._wake:
+            self.stalled = error
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            running = list(self.running.values())
+        print(error_line(error) + "; answering 503 until it answers", file=sys.stderr, flush=True)
+        for job in running:  # their runs stop at the next round, if the pass ever returns
+            job.failed = True
+            job.cancelled.set()
+            job.send("error", error)
+        for job in waiting:
+            job.send("unavailable", error)
+
+    def _answered_again(self) -> None:
+        if self.stalled:
+            print("edge-tree: the RPC hosts answered again: serving", file=sys.stderr, flush=True)
+            with self._wake:
+                self.stalled = None
 
     def _start(self, job: Job) -> None:
         if job.cancelled.is_set():  # its client left while it waited
@@ -233,6 +280,8 @@ class Worker:
             if not isinstance(outcome, Exception):
                 job.trace.run(job.trace.trace.write_summary, {"stats": outcome.stats, "text": outcome.text})
             job.trace.run(job.trace.trace.close)
+        if job.failed:  # its client has its error already
+            return
         if isinstance(outcome, Exception):
             job.send("error", outcome)
             return
