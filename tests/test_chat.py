@@ -4,10 +4,13 @@ and the reduced-vocabulary draft on BPE too; `edge-tree generate --chat`."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from click.testing import CliRunner
 
 from edge_tree.cli import main
+from edge_tree.core import chat
 from edge_tree.core.chat import ChatPrompt, ChatTemplate, prompt_tokens, user_message
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError, InputError
@@ -93,6 +96,19 @@ def test_the_sandbox_keeps_templates_away_from_python():
         template.render(user_message("hi"))
     with pytest.raises(EdgeTreeError, match="does not compile"):
         ChatTemplate("{% for %}")
+
+
+def test_a_template_that_loops_too_long_ends_at_the_render_limit(monkeypatch):
+    """10^10 iterations of a loop with a call (range) in it: stopped at the limit, one line."""
+    monkeypatch.setattr(chat, "RENDER_LIMIT_S", 0.5)
+    template = ChatTemplate("{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}"
+                            "{% endfor %}")
+    started = time.monotonic()
+    with pytest.raises(InputError, match="took more than 0.5 s to render"):
+        template.render(user_message("hi"))
+    assert time.monotonic() - started < 5
+    in_time = ChatTemplate("{{ messages[0].content }}{{ dict(context=1, obj=2) | length }}")
+    assert in_time.render(user_message("hi")).text == "hi2"  # any keyword passes the checks
 
 
 def test_template_helpers_as_the_ecosystem_has_them():

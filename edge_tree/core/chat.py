@@ -12,12 +12,16 @@ assistant's reply begins. The reply ends at the model's end-of-turn token (`<end
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping, Sequence, Union
 
 from ..errors import EdgeTreeError, InputError
 from ..llamacpp.llama import Model
+
+RENDER_LIMIT_S = 10.0  # a template is a program: one that loops too long on the messages ends here
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,8 @@ class ChatTemplate:
 
     def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
         import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
+        env = _timed_sandbox()(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
         env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
         try:
@@ -79,9 +81,13 @@ class ChatTemplate:
     def render(self, messages: Sequence[Mapping]) -> ChatPrompt:
         import jinja2
 
+        _deadline.at = time.monotonic() + RENDER_LIMIT_S
         try:
             text = self._template.render(messages=list(messages), add_generation_prompt=True,
                                          bos_token=self.bos_token, eos_token=self.eos_token)
+        except _TooLong:
+            raise InputError("messages", f"the chat template took more than {RENDER_LIMIT_S:g} s to "
+                                         "render the messages") from None
         except jinja2.TemplateError as e:  # raise_exception() included: the template's own words
             raise InputError("messages", f"the chat template refused the messages: {e}") from None
         return ChatPrompt(text)
@@ -90,6 +96,40 @@ class ChatTemplate:
 def user_message(text: str) -> list[dict]:
     """A conversation of one user message (`edge-tree generate --chat`)."""
     return [{"role": "user", "content": text}]
+
+
+_deadline = threading.local()  # this thread's render must end by _deadline.at (time.monotonic())
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _in_time() -> None:
+    if time.monotonic() > _deadline.at:
+        raise _TooLong
+
+
+def _timed_sandbox():
+    """Jinja's immutable sandbox, checking the render's deadline at every call, attribute and
+    item a template reaches: no loop runs long without one (a range() is a call; Jinja's sandbox
+    caps a range at 100,000 items)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class TimedSandbox(ImmutableSandboxedEnvironment):
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805  as Jinja's: any keyword passes
+            _in_time()
+            return ImmutableSandboxedEnvironment.call(__self, __context, __obj, *args, **kwargs)
+
+        def getattr(self, obj, attribute):
+            _in_time()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj, argument):
+            _in_time()
+            return super().getitem(obj, argument)
+
+    return TimedSandbox
 
 
 def _token_text(model: Model, token: int) -> str:
