@@ -35,6 +35,10 @@ class TargetLost(EdgeTreeError):
     """A host that holds the target's layers (an RPC host) stopped answering mid-run. The engine
     cannot go on: llama.cpp's calls that wait on the host never return."""
 
+    def __init__(self, message: str, hosts: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.hosts = hosts  # the hosts that failed
+
 
 class HostStalled(EdgeTreeError):
     """A target pass on RPC hosts ran past its deadline (serve --rpc-timeout): the requests in it

@@ -323,6 +323,35 @@ def test_sigterm_while_a_host_stalls_exits_in_bounded_time(tiny_target, tmp_path
     assert "edge-tree: stopped while waiting on an RPC host" in server.stderr
 
 
+def test_a_killed_host_that_comes_back_is_served_again_without_a_restart(tiny_target, tmp_path_factory,
+                                                                         rpc_binary, doomed):
+    """The request the host's death hits gets 502, others 503 and /health 'unavailable'; once an
+    rpc-server listens there again, the server loads the target afresh in the same process (same
+    pid, same port) and serves the same text."""
+    server = ServerProcess(edge_tree_exe(), "-m", tiny_target, "-t", THREADS, "-c", 512, "--rpc",
+                           doomed.endpoint, env=server_env(tmp_path_factory))
+    body = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    try:
+        reference = post(server, "/completions", body)
+        assert reference.status_code == 200, reference.text
+        doomed.kill()
+        assert assert_error(post(server, "/completions", body), 502)["code"] == "rpc_host_failed"
+        later = post(server, "/completions", body)
+        assert assert_error(later, 503)["code"] == "target_unavailable" and "Retry-After" in later.headers
+        assert server.health()["status"] == "unavailable"
+        with RpcServer(rpc_binary, port=doomed.port):
+            assert server.wait_health(lambda h: h.get("status") == "ok", timeout=60)["status"] == "ok"
+            again = post(server, "/completions", body)
+            assert again.status_code == 200, again.text
+            assert again.json()["choices"][0]["text"] == reference.json()["choices"][0]["text"]
+            assert server.proc.poll() is None  # the same process all along
+            assert server.terminate(timeout=30) == 0, server.stderr
+    finally:
+        server.stop()
+    assert "Traceback" not in server.stderr
+    assert f"edge-tree: RPC host {doomed.endpoint} answers again: loading the models afresh" in server.stderr
+
+
 def test_the_failed_host_is_named_once_its_listener_closes():
     """A killed rpc-server's connection may close before its listening socket does: the host that
     failed is asked again until one refuses (a test once named both hosts)."""

@@ -82,8 +82,8 @@ def test_models_names_the_files_without_their_paths(guarded, tiny_target, tiny_d
 
 def test_a_server_beyond_loopback_without_a_key_is_warned_about(monkeypatch, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        assert serve_command._loopback(listener)
-    monkeypatch.setattr(serve_command, "_loopback", lambda listener: False)
+        assert serve_command.is_loopback(listener)
+    monkeypatch.setattr(serve_command, "is_loopback", lambda listener: False)
     result = CliRunner().invoke(main, ["serve", "--port", "0", "-m", str(tmp_path / "absent.gguf")])
     assert result.exit_code == 1
     assert result.stderr.startswith("edge-tree: warning: listening on 127.0.0.1 without --api-key")

@@ -59,9 +59,10 @@ def accepts(port: int, timeout: float = 0.5) -> bool:
 class RpcServer:
     """One ggml-rpc-server on 127.0.0.1 (it serves one client at a time)."""
 
-    def __init__(self, binary: Path, threads: int = 1, cache: bool = False):
-        """cache: rpc-server's tensor cache (-c): big tensors it has seen come as hashes."""
-        self.port = free_port()
+    def __init__(self, binary: Path, threads: int = 1, cache: bool = False, port: int | None = None):
+        """cache: rpc-server's tensor cache (-c): big tensors it has seen come as hashes; port:
+        a given one (a host restarted where it was), else a free one."""
+        self.port = port or free_port()
         self._log = tempfile.TemporaryFile()
         command = [str(binary), "-H", "127.0.0.1", "-p", str(self.port), "-t", str(threads), *(["-c"] if cache else [])]
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)

@@ -144,7 +144,7 @@ def host_failed(message: str) -> None:
     dead = _dead_hosts(_State.registered)
     hosts = ", ".join(dead)
     where = f"RPC host {hosts}" if len(dead) == 1 else f"one of the RPC hosts {hosts}"
-    _State.failure = TargetLost(f"{where} stopped answering (llama.cpp: {reason})")
+    _State.failure = TargetLost(f"{where} stopped answering (llama.cpp: {reason})", tuple(dead))
     try:
         (_State.handler or _exit_now)(_State.failure)
     finally:  # even if the handler fails: returning would abort the process

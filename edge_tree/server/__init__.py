@@ -8,14 +8,12 @@ models. FastAPI and uvicorn load only when the server starts.
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-
 import click
 
 from ..core.engine import Engine
 from ..core.options import LoadOptions, click_options
-from ..errors import EdgeTreeError, UsageError, user_errors
+from ..errors import UsageError, user_errors
+from .listener import is_loopback, listen
 
 DEFAULT_MAX_BODY = 8 * 2**20  # bytes: far above any context's worth of text, far below harm
 MAX_SLOTS = 32  # each slot needs 8 of a context's 256 sequences at least
@@ -85,8 +83,8 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_t
         load_options = LoadOptions.from_mapping(options)
         if trace_dir:
             check_trace_dir(trace_dir)
-        listener = _listen(host, port)  # before the models load: a taken port fails at once
-        loopback = _loopback(listener)
+        listener = listen(host, port)  # before the models load: a taken port fails at once
+        loopback = is_loopback(listener)
         if not api_key and not loopback:
             click.echo(f"edge-tree: warning: listening on {host} without --api-key: anyone who can "
                        "reach this address can use the server", err=True)
@@ -98,17 +96,3 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_t
                                 rpc_timeout or None,
                                 tuple(dict.fromkeys(load_options.rpc_hosts + load_options.rpc_draft_hosts)))
             run(lambda: Engine(options=load_options, progress=True, lanes=parallel), listener, settings)
-
-
-def _loopback(listener: socket.socket) -> bool:
-    return ipaddress.ip_address(listener.getsockname()[0]).is_loopback
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    if not 0 <= port < 65536:
-        raise UsageError("--port", f"must be in 0..65535, got {port}")
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
-    except OSError as e:
-        raise EdgeTreeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

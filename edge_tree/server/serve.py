@@ -6,6 +6,8 @@ import os
 import signal
 import socket
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +16,15 @@ from typing import Callable
 import uvicorn
 
 from ..core.engine import Engine
-from ..errors import TargetLost, error_line
+from ..errors import EdgeTreeError, TargetLost, error_line
 from ..llamacpp import rpc
 from .app import create_app
+from .listener import start_over
 from .wire import Limits
 from .worker import Worker
+
+
+RECONNECT_PERIOD_S = 1.0  # how often a lost host is asked whether it is back
 
 
 def model_id(engine: Engine) -> str:
@@ -57,7 +63,7 @@ def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings)
     print(f"edge-tree: serving {model_id(engine)} at http://{_url_host(host)}:{port}/v1 "
           f"({len(engine.models.lanes)} slot(s) of {limits.n_ctx} tokens, queue {settings.queue_size}; "
           "Ctrl-C to stop)", file=sys.stderr, flush=True)
-    rpc.on_host_failure(lambda error: _target_lost(worker, error))
+    rpc.on_host_failure(lambda error: _target_lost(worker, error, listener))
     try:
         with _signals_end_quietly():
             server.run(sockets=[listener])
@@ -70,10 +76,29 @@ def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings)
             os._exit(0)
 
 
-def _target_lost(worker: Worker, error: TargetLost) -> None:
-    """Said once in the server's log; the server goes on, answering 503 (see Worker.target_lost)."""
-    print(error_line(error) + "; answering 503 until restarted", file=sys.stderr, flush=True)
+def _target_lost(worker: Worker, error: TargetLost, listener: socket.socket) -> None:
+    """Said once in the server's log; the server goes on, answering 503 (see Worker.target_lost),
+    until the failed hosts answer again: then it starts over in place."""
+    print(error_line(error) + "; answering 503 until the host is back", file=sys.stderr, flush=True)
     worker.target_lost(error)
+    threading.Thread(target=_start_over_when_back, args=(error.hosts, listener), daemon=True,
+                     name="edge-tree-reconnect").start()
+
+
+def _start_over_when_back(hosts: tuple[str, ...], listener: socket.socket) -> None:
+    """Once every failed host answers the RPC handshake again, load the models afresh by starting
+    this server over in this process (listener.py): llama.cpp cannot free or reuse a model whose
+    host died (its calls wait on it for good), and a fresh process can load it again."""
+    while True:
+        time.sleep(RECONNECT_PERIOD_S)
+        try:
+            for host in hosts:
+                rpc.check_host(host, timeout=RECONNECT_PERIOD_S)
+        except EdgeTreeError:
+            continue
+        print(f"edge-tree: RPC host {', '.join(hosts)} answers again: loading the models afresh",
+              file=sys.stderr, flush=True)
+        start_over(listener)
 
 
 class GracefulServer(uvicorn.Server):

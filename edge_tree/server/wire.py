@@ -57,14 +57,17 @@ def server_error(message: str) -> ApiError:
     return ApiError(500, message, kind="server_error")
 
 
+UNAVAILABLE_RETRY_S = 10  # seconds: a host that is back needs a model load before it serves
+
+
 def unavailable(error: TargetLost | HostStalled) -> ApiError:
-    """Every request once the target is lost (this process cannot run it again), or while a pass
-    waits on a host past its deadline (until the host answers)."""
-    if isinstance(error, HostStalled):
-        return ApiError(503, f"the target is unavailable for now: {error}; retry later",
-                        kind="server_error", code="rpc_host_stalled", headers={"Retry-After": "10"})
-    return ApiError(503, f"the target is unavailable: {error}; restart edge-tree serve",
-                    kind="server_error", code="target_unavailable")
+    """Every request while an RPC host is lost (until it is back and the server has loaded the
+    target again), or while a pass waits on a host past its deadline (until the host answers)."""
+    stalled = isinstance(error, HostStalled)
+    then = "retry later" if stalled else "the server loads the target again once the host is back"
+    return ApiError(503, f"the target is unavailable for now: {error}; {then}", kind="server_error",
+                    code="rpc_host_stalled" if stalled else "target_unavailable",
+                    headers={"Retry-After": str(UNAVAILABLE_RETRY_S)})
 
 
 def error_from(error: Exception, chat: bool) -> ApiError:
