@@ -83,7 +83,6 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, chat
         prompt = sys.stdin.buffer.read().decode("utf-8", "surrogateescape")
     from .core.chat import ChatTemplate, user_message
     from .core.stats import format_stats
-    from .core.steps import trace_header
     from .viz.jsonl import TraceWriter, check_formats, check_trace_dir
     from .viz.outputs import trace_sinks
 
@@ -102,10 +101,9 @@ def generate(prompt, stats, stats_json, trace_dir, trace_format, show_tree, chat
         with engine, writer as trace:
             if chat:
                 prompt = ChatTemplate.of(engine.target_model).render(user_message(prompt))
-            if trace:
-                trace.write_header(trace_header(engine, gen_options, prompt))
             result = engine.generate(prompt, gen_options, on_text=_print_now,
                                      on_step=_step_sink(trace, show_tree),
+                                     on_header=trace.write_header if trace else None,
                                      should_stop=lambda: interrupt.requested)
             if trace:
                 trace.write_summary({"stats": result.stats, "text": result.text})

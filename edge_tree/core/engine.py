@@ -26,7 +26,7 @@ from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
 from .policy import Caps
 from .detokenize import StopText
 from .stats import RunStats
-from .steps import step_record
+from .steps import step_record, trace_header
 from .verify import verify
 
 NO_CAP = 1 << 30
@@ -83,17 +83,18 @@ class Engine:
     def generate(self, prompt: Prompt, options: GenOptions | None = None, *,
                  on_text: Callable[[str], None] | None = None,
                  on_step: Callable[[StepRecord], None] | None = None,
+                 on_header: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  record_steps: bool = False, **gen_options) -> GenerationResult:
         """Generate a continuation of prompt: GenOptions, or its fields as keyword arguments.
-        on_text gets text as it streams, on_step each round's record; record_steps keeps them
-        in result.steps."""
+        on_text gets text as it streams, on_step each round's record, on_header a trace's header
+        before anything runs; record_steps keeps the records in result.steps."""
         if options is None:
             options = GenOptions.from_mapping(gen_options)
         elif gen_options:
             options = options.replace(**gen_options)
         mode = self.check_mode(options.mode)
-        prompt_tokens = self.tokenize_prompt(prompt, options)
+        prompt_tokens = self.read_prompt(prompt, options, mode, on_header)
         return Run(self, self.models.lanes[0], options, mode, on_text, on_step, should_stop,
                     record_steps).execute(prompt_tokens)
 
@@ -103,8 +104,13 @@ class Engine:
             raise UsageError("--mode", f"{mode} needs a draft model (--draft/-md)", field="mode")
         return mode
 
-    def tokenize_prompt(self, prompt: Prompt, options: GenOptions) -> list[int]:
+    def read_prompt(self, prompt: Prompt, options: GenOptions, mode: str,
+                    on_header: Callable[[dict], None] | None = None) -> list[int]:
+        """The prompt's tokens, once checked against the context; on_header gets the trace's
+        header first (a trace begins even for a request that fails here)."""
         tokens = prompt_tokens(self.target_model, prompt)  # a ChatPrompt parses special tokens
+        if on_header:
+            on_header(trace_header(self, options, mode, prompt, len(tokens)))
         if not tokens:
             raise InputError("prompt", "the prompt is empty and this model adds no BOS token to start from")
         n_ctx = self.models.lanes[0].cells  # a generation's, where several run side by side

@@ -50,13 +50,14 @@ class Slots:
 
     def start(self, prompt: Prompt, options: GenOptions, *, on_text: Callable[[str], None] | None = None,
               on_step: Callable[[StepRecord], None] | None = None,
+              on_header: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> int:
         """Tokenize prompt and give it a free lane (one must be free); returns the lane's index.
         Its prompt is read in the next rounds' passes, beside the other runs' trees. Raises what
         generate() raises for the same request."""
         engine = self.engine
         mode = engine.check_mode(options.mode)
-        tokens = engine.tokenize_prompt(prompt, options)
+        tokens = engine.read_prompt(prompt, options, mode, on_header)
         slot = self._pick(tokens)
         self._starts += 1
         self._started_at[slot] = self._starts

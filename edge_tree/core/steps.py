@@ -10,7 +10,7 @@ import numpy as np
 
 from ..llamacpp.llama import Model
 from ..records import StepNodes, StepRecord
-from .chat import Prompt, prompt_text, prompt_tokens
+from .chat import Prompt, prompt_text
 from .detokenize import piece_text
 from .options import GenOptions
 from .plan import RoundOutcome
@@ -45,10 +45,9 @@ def step_record(step: int, mode: str, root_position: int, outcome: RoundOutcome,
         timings={"draft_s": outcome.draft_s, "verify_s": outcome.verify_s, "total_s": outcome.round_s})
 
 
-def trace_header(engine, options: GenOptions, prompt: Prompt) -> dict:
-    """A trace's first record: the models, the settings and the prompt (every face alike)."""
-    return {"target": engine.target_path, "draft": engine.draft_path,
-            "mode": engine.check_mode(options.mode),
+def trace_header(engine, options: GenOptions, mode: str, prompt: Prompt, n_tokens: int) -> dict:
+    """A trace's first record: the models, the settings, the mode decided and the prompt, as the
+    engine read it (Engine.read_prompt, for every face)."""
+    return {"target": engine.target_path, "draft": engine.draft_path, "mode": mode,
             "settings": dataclasses.asdict(options), "prompt": prompt_text(prompt),
-            "prompt_tokens": len(prompt_tokens(engine.target_model, prompt)),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "prompt_tokens": n_tokens, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -266,9 +266,9 @@ class Worker:
             job.send("dropped")
             return
         try:
-            on_step = open_trace(self.engine, job, self.trace_dir)
+            on_header, on_step = open_trace(job, self.trace_dir)
             slot = self.slots.start(job.prompt, job.options, on_text=lambda text: job.send("text", text),
-                                    on_step=on_step,
+                                    on_step=on_step, on_header=on_header,
                                     should_stop=lambda: job.cancelled.is_set() or self._closing)
         except Exception as error:  # noqa: BLE001  the request answers it (400 or 500)
             self._end(job, error)
@@ -293,21 +293,23 @@ class Worker:
         job.send("done", outcome)
 
 
-def open_trace(engine: Engine, job: Job, trace_dir: str | None):
-    """Start trace_dir/<request id>/ (trace.jsonl, report.html) when asked: the header now, and
-    the on_step callback that writes each round; the summary and the close come at the end. A
-    trace that cannot be written is said once in the server's log and dropped: the answer goes out."""
+def open_trace(job: Job, trace_dir: str | None):
+    """Start trace_dir/<request id>/ (trace.jsonl, report.html) when asked: the on_header and
+    on_step callbacks that write the header and each round; the summary and the close come at
+    the end. A trace that cannot be written is said once in the server's log and dropped: the
+    answer goes out."""
     if trace_dir is None:
-        return None
-    from ..core.steps import trace_header
+        return None, None
     from ..viz.jsonl import TraceWriter
     from ..viz.outputs import trace_sinks
 
     folder = Path(trace_dir) / job.request_id
     trace = TraceWriter(folder, trace_sinks(folder, ["jsonl"]))
     job.trace = writes = _TraceWrites(trace, job.request_id)
-    writes.run(trace.write_header, trace_header(engine, job.options, job.prompt) | {"request_id": job.request_id})
-    return lambda step: writes.run(trace.write_step, step)
+    return (lambda header: writes.run(trace.write_header, header | {"request_id": job.request_id}),
+            lambda step: writes.run(trace.write_step, step))
+
+
 class _TraceWrites:
     """A request's trace writes until one fails: that one is logged, the rest are skipped."""
 
