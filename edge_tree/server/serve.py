@@ -70,8 +70,7 @@ def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings)
     finally:
         rpc.on_host_failure(None)
         worker.close()
-        worker.join(settings.rpc_timeout if worker.stalled else None)
-        if worker.stalled:  # its thread still waits inside llama.cpp on the host: leave without it
+        if not worker.join():  # its thread still waits inside llama.cpp on a host: leave without it
             print("edge-tree: stopped while waiting on an RPC host", file=sys.stderr, flush=True)
             os._exit(0)
 

@@ -203,9 +203,17 @@ class Worker:
                                "tokens_per_s": round(len(run.generated) / max(elapsed, 1e-9), 3)})
         return states
 
-    def join(self, timeout: float | None = None) -> None:
-        if not self.lost:  # a lost target's thread never comes back
-            self._thread.join(timeout)
+    def join(self) -> bool:
+        """Wait for the engine's thread to end after close(); False where it still waits inside
+        llama.cpp on an RPC host past the deadline (given one more deadline to come back). A lost
+        target's thread never comes back: it waits in Python, and the process may end around it."""
+        if self.lost:
+            return True
+        while self._thread.is_alive() and not self.stalled:
+            self._thread.join(0.1)
+        if self.stalled:
+            self._thread.join(self.pass_deadline)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:
@@ -233,14 +241,15 @@ class Worker:
         never answer, and their clients should not wait on it (llama.cpp's RPC client has no
         timeout of its own; this thread cannot take the engine's thread out of its wait)."""
         period = min(1.0, self.pass_deadline / 10)
-        while not self._closing:
+        while self._thread.is_alive():
             time.sleep(period)
             started = self._pass_started
             if started is not None and not self.stalled and time.monotonic() - started > self.pass_deadline:
                 self._stall()
 
     def _stall(self) -> None:
-        where = f"RPC host {self.hosts[0]}" if len(self.hosts) == 1 else f"one of the RPC hosts {', '.join(self.hosts)}"
+        hosts = ", ".join(self.hosts)
+        where = f"RPC host {hosts}" if len(self.hosts) == 1 else f"one of the RPC hosts {hosts}"
         error = HostStalled(f"{where} did not answer within {self.pass_deadline:g} s (--rpc-timeout)")
         with self._wake:
             self.stalled = error
