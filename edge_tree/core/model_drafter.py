@@ -418,10 +418,6 @@ class DraftModelDrafter:
                 keep = node
         seq = self._node_seq[keep]
         end = self._root_pos + int(tree.depth[keep]) + 1
-        self.ctx.seq_rm(seq, end, -1)  # the guess's seq may run on past the kept node
         used = None if went_ahead else self._next_seq - self.seq0  # sequences that may hold cells
-        if seq != self.seq0:
-            self.share.keep_only(seq, used)
-            self.ctx.seq_cp(seq, self.seq0)
-        self.share.keep_only(self.seq0, used)
+        self.share.commit(seq, end, used)  # the guess's seq may run on past the kept node
         self.n_cached = end

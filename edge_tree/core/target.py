@@ -123,13 +123,6 @@ class TargetRunner:
         first, used = self.share.first, len(self._seqs[0])
         seq = first + self._seqs[last_node][0]
         end = self.n_cached + int(tree.depth[last_node]) + 1
-        # each cache operation scans every cell: skip those with nothing to do (plain decoding
-        # keeps all it decoded, a chain has no other branch)
-        if end < self.n_cached + tree.n:
-            self.ctx.seq_rm(seq, end, -1)
-        if used > 1:  # the root is in several branches
-            if seq != first:
-                self.share.keep_only(seq, used)
-                self.ctx.seq_cp(seq, first)
-            self.share.keep_only(first, used)
+        # plain decoding keeps all it decoded, and a chain has no other branch
+        self.share.commit(seq, end, used, tail=end < self.n_cached + tree.n)
         self.n_cached = end

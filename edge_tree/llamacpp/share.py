@@ -33,6 +33,20 @@ class Share:
         for seq in range(self.first, self.first + self.count):
             self.ctx.seq_rm(seq)
 
+    def commit(self, seq: int, end: int, used: int | None = None, tail: bool = True) -> None:
+        """A round's commit: sequence `seq`'s cells below position `end` (the accepted path) become
+        the share's first sequence, every other cell goes. used: as keep_only's; tail=False: seq
+        holds nothing at or past `end` (each cache operation scans every cell: skip what has
+        nothing to do)."""
+        if tail:
+            self.ctx.seq_rm(seq, end, -1)
+        if used == 1:  # the first sequence alone holds cells
+            return
+        if seq != self.first:
+            self.keep_only(seq, used)
+            self.ctx.seq_cp(seq, self.first)
+        self.keep_only(self.first, used)
+
     def keep_only(self, seq: int, used: int | None = None) -> None:
         """Drop every cell not in sequence `seq` (absolute); `used`: how many of the share's
         sequences may hold cells (the rest are known empty)."""
