@@ -18,13 +18,13 @@ import numpy as np
 from ..errors import InputError, UsageError
 from ..records import StepRecord
 from .chat import Prompt, prompt_tokens
+from .detokenize import StopText
 from .drafting import DraftRequest, Proposal, root_only
 from .lanes import Lane
 from .models import LoadedModels
 from .options import DRAFT_MODES, GenOptions, LoadOptions, split_options
 from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
 from .policy import Caps
-from .detokenize import StopText
 from .stats import RunStats
 from .steps import step_record, trace_header
 from .verify import verify
