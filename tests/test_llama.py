@@ -8,12 +8,10 @@ and one-token decoding use different kernels, so logits agree to ~1e-6, not bit 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from edge_tree.llamacpp import llama, pages
+from edge_tree.llamacpp import llama
 from edge_tree.errors import EdgeTreeError
 from edge_tree.llamacpp.modelfile import check_gguf
 
@@ -444,22 +442,3 @@ def test_a_cpu_pair_offers_64_sequences_and_trees_stay_within_them(tiny_target, 
                             max_total_nodes=200, record_steps=True)
         assert max(step.n for step in result.steps) - 2 <= CPU_SEQUENCES - 1  # root and bonus aside
         assert max(step.n for step in result.steps) - 2 > 32  # the caps did ask for wide trees
-
-
-def _resident_mib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc (Linux)")
-def test_pages_given_back_leave_the_zeros_and_the_memory():
-    """What a context does to the logits rows llama.cpp cleared at its creation: the pages leave
-    the process and read as zeros again; a row written afterwards holds what was written."""
-    rows = np.empty((64, 262_144), np.float32)
-    rows.fill(0.0)  # as output_reserve's clear: every page resident
-    before = _resident_mib()
-    pages.give_back_zeros(rows.ctypes.data, rows.nbytes)
-    assert before - _resident_mib() > 0.9 * rows.nbytes / 2**20
-    assert not rows.any()
-    rows[3] = 1.5
-    assert rows[3].sum() == 1.5 * rows.shape[1] and not rows[4].any()

@@ -26,12 +26,11 @@ from .policy import AdaptivePolicy, FixedPolicy, Policy, smaller_vocabulary_pays
 from .target import TargetRunner
 
 # Every leaf of a tree is a sequence of llama.cpp's KV cache, and a context keeps a row of logits
-# (n_vocab floats) for each of its sequences from its creation on, cleared then: 256 sequences
-# reserve 268 MB on Gemma's 262k vocabulary (llamacpp/pages.py gives the cleared pages back; a
-# pass writing many rows makes them resident again; docs/benchmarks.md, "Memory, byte for
-# byte"). On a CPU a pass over 64 tokens costs 7 to 17 one-token passes, so a larger tree would
-# rarely pay: a context there offers 64 sequences; with layers on a GPU or RPC hosts, whose cost
-# curves are flat, all 256.
+# (n_vocab floats) for each of its sequences from its creation on, written through once: 256
+# sequences hold 268 MB on Gemma's 262k vocabulary, in the target and again in the draft
+# (docs/benchmarks.md, "Memory, byte for byte"). On a CPU a pass over 64 tokens costs 7 to 17
+# one-token passes, so a larger tree would rarely pay: a context there offers 64 sequences; with
+# layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
 CPU_SEQUENCES = 64
 LANE_SEQUENCES = 8  # at least, for each of several lanes: a tree of 7 nodes, a draft of 3 levels
 

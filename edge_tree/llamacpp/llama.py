@@ -20,7 +20,7 @@ import numpy as np
 import llama_cpp as C
 
 from ..errors import EdgeTreeError
-from . import NUMPY_CAME_FIRST, pages, rpc
+from . import NUMPY_CAME_FIRST, rpc
 from .facts import cpu_has_amx, is_cuda_build, load_failure, why
 
 _backend_ready = False
@@ -388,13 +388,13 @@ class Context(_Closes):
         if not self._ptr:
             raise EdgeTreeError(f"llama.cpp could not create a context of {n_ctx} tokens for "
                                 f"{model.path.name}: {why(log)}")
-        self.model, self.n_batch, self.n_seq_max, self.threads = model, n_batch, n_seq_max, threads
+        self.model = model
         self.n_ctx = int(C.llama_n_ctx(self._ptr))
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
         self._row_type = ctypes.c_float * model.n_vocab  # a row of logits, viewed without a copy
-        logits = ctypes.cast(C.llama_get_logits(self._ptr), ctypes.c_void_p).value
-        if logits and not model.offloaded_layers:  # a plain host buffer (a GPU's may be pinned)
-            pages.give_back_zeros(logits, ctypes.sizeof(self._row_type) * n_seq_max)
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
 
