@@ -2,6 +2,7 @@
 target takes the draft's top choice where its walk reaches it (the figure that bounds a chain).
 
     python scripts/round_profile.py --pair C [--mode tree] [-t 2] [-n 64] [--prompts 10] [--draft-vocab full]
+    python scripts/round_profile.py -m TARGET -md DRAFT [--mode chain:4]       # a pair of your own
 
 Greedy, the models loaded once, the prompts one after the other (as `edge-tree bench` runs them,
 without the other modes in between). Prints tok/s; per round: drafted nodes, draft calls and
@@ -12,9 +13,11 @@ the host; the share of the draft's top choices and of the context's guesses that
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import edge_tree
 from edge_tree.bench.pairs import resolve_pair
+from edge_tree.bench.modes import parse_mode
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.records import walked
 
@@ -38,6 +41,8 @@ def taken_by_source(step, taken: dict[str, list[int]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pair", default="C", help="demo pair (edge-tree bench --pair), default C")
+    ap.add_argument("-m", "--target", help="target GGUF (instead of --pair; with -md)")
+    ap.add_argument("-md", "--draft", help="draft GGUF (with -m)")
     ap.add_argument("--mode", default="tree")
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-n", "--max-tokens", type=int, default=64)
@@ -45,19 +50,24 @@ def main() -> None:
     ap.add_argument("--draft-vocab", default="auto", help="as edge-tree bench's")
     args = ap.parse_args()
 
-    target, draft = resolve_pair(args.pair, progress=True)
+    if bool(args.target) != bool(args.draft):
+        ap.error("-m and -md go together")
+    target, draft = (args.target, args.draft) if args.target else resolve_pair(args.pair, progress=True)
+    name = f"{Path(target).name} + {Path(draft).name}" if args.target else f"pair {args.pair}"
     totals = dict.fromkeys(SUMMED, 0.0)
     decode_s = 0.0
     taken = {"draft": [0, 0], "ngram": [0, 0]}
+    spec = parse_mode(args.mode)  # as edge-tree bench --modes reads it: tree, chain:4, ...
     with edge_tree.load(target, draft, threads=args.threads, draft_vocab=args.draft_vocab) as engine:
         for prompt in default_prompts()[:args.prompts]:
-            result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=args.mode,
+            result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=spec.mode,
+                                     max_depth=spec.max_depth,
                                      on_step=lambda step: taken_by_source(step, taken))
             for key in SUMMED:
                 totals[key] += result.stats[key]
             decode_s += result.stats["wall_s"] - result.stats["prompt_s"]
     rounds = max(totals["rounds"], 1)
-    print(f"pair {args.pair}, {args.mode}: {totals['tokens'] / decode_s:.2f} tok/s over "
+    print(f"{name}, {args.mode}: {totals['tokens'] / decode_s:.2f} tok/s over "
           f"{int(totals['tokens'])} tokens in {int(rounds)} rounds")
     print(f"per round: {totals['drafted'] / rounds:.1f} drafted nodes, {totals['draft_calls'] / rounds:.1f} "
           f"draft calls, {totals['accepted'] / rounds:.2f} accepted tokens")

@@ -20,7 +20,7 @@ from edge_tree.core.plan import TreeShape
 from edge_tree.core.sampling import SamplingParams
 from edge_tree.core.verify import Verdict
 from chisquare import SETTINGS, SIGNIFICANCE, p_value
-from drafts import K, full_logits
+from drafts import K, decoded, full_logits, propose
 from neartie import PROMPTS, assert_same_or_near_tie
 
 CHAIN = TreeShape(max_depth=3, max_nodes_per_level=2, max_total_nodes=6, branch=2, expand=1)
@@ -52,7 +52,7 @@ def drafted_ahead(engine: Engine, prompt: str):
     tokens = engine.target_model.tokenize(prompt)
     drafter.start(tokens)
     request = DraftRequest(tokens, CHAIN, SamplingParams(), np.random.default_rng(0))
-    tree = drafter.propose(request).tree
+    tree = propose(drafter, request).tree
     drafter.ahead(tree, lambda: True)
     return drafter, request, tree
 
@@ -68,7 +68,7 @@ def test_a_round_that_takes_the_rows_decoded_ahead_sees_the_drafts_own_logits(en
     taken = branches[1]
     drafter.observe(tree, Verdict(walk, taken.choices[0], np.full(tree.n, np.nan)))
     context = tokens + [int(tree.token[n]) for n in walk] + [taken.choices[0]]
-    proposal = drafter.propose(request.but(tokens=context))
+    proposal = propose(drafter, request.but(tokens=context))
     assert proposal.ready_rows == drafter.AHEAD_MAX and proposal.draft_sizes[:1] != (len(context),)
     for k in (0, 5, drafter.AHEAD_MAX - 1):  # the logits after the root and k further choices
         expected = full_logits(tiny_draft_same, context + taken.choices[1:k + 1])[drafter._index_ids]
@@ -77,7 +77,7 @@ def test_a_round_that_takes_the_rows_decoded_ahead_sees_the_drafts_own_logits(en
     drafter.observe(proposal.tree, Verdict([], int(drafter.ids[5]), np.full(proposal.tree.n, np.nan)))
     context.append(int(drafter.ids[5]))
     drafter._note_context(context)
-    (row,) = drafter._sync(context, [])
+    (row,) = decoded(drafter, drafter._sync(context, []))
     # looser: the cache's cells now lie in another order, and llama.cpp's attention sums them in
     # that order over an F16 cache (measured 2.5e-3 here; a missing cell fails the decode itself)
     np.testing.assert_allclose(row, full_logits(tiny_draft_same, context)[drafter._index_ids], atol=1e-2)
@@ -91,7 +91,7 @@ def test_rows_decoded_ahead_are_dropped_when_the_target_goes_elsewhere(engine):
     other = next(t for t in range(engine.target_model.n_vocab) if t not in bonuses)
     walk = tree.first_choice_path()
     drafter.observe(tree, Verdict(walk, other, np.full(tree.n, np.nan)))
-    proposal = drafter.propose(request.but(tokens=tokens + [int(tree.token[n]) for n in walk] + [other]))
+    proposal = propose(drafter, request.but(tokens=tokens + [int(tree.token[n]) for n in walk] + [other]))
     assert proposal.ready_rows == 0 and proposal.draft_calls >= 1
     drafter.start([])
 

@@ -6,11 +6,12 @@ from dataclasses import replace
 import numpy as np
 
 from edge_tree.core.compose import LookupGraftDrafter
-from edge_tree.core.drafting import DraftRequest, Proposal
+from edge_tree.core.drafting import DraftRequest, Proposal, Proposing, no_calls
 from edge_tree.core.plan import PLAIN, TreeShape
 from edge_tree.core.sampling import SamplingParams
 from edge_tree.core.tree import NGRAM, TokenTree
 from edge_tree.core.verify import Verdict
+from drafts import propose
 
 PHRASE = list(range(100, 130))  # said twice: the context's end matches its first saying
 
@@ -26,11 +27,14 @@ class ModelStandIn:
     def start(self, prompt, held=(), read=True):
         pass
 
-    def propose(self, request: DraftRequest) -> Proposal:
+    def proposing(self, request: DraftRequest) -> Proposing:
         self.proposed += 1
         tree = TokenTree(request.shape.capacity, request.tokens[-1])
         tree.add(7, 0, -0.1, 0)
-        return Proposal(tree, {}, (1,))
+        return no_calls(Proposal(tree, {}, (1,)))
+
+    def decode_alone(self, call):
+        raise AssertionError("the stand-in makes no draft calls")
 
     def observe(self, tree, verdict):
         pass
@@ -58,10 +62,10 @@ def test_a_streak_round_guesses_with_the_room_the_model_leaves_unused():
     shape = TreeShape(max_depth=24, max_nodes_per_level=1, max_total_nodes=12, branch=1, expand=1,
                       guess_nodes=2, guess_depth=24)
     drafter.start(tokens)
-    first = drafter.propose(request(tokens, shape))
+    first = propose(drafter, request(tokens, shape))
     assert model.proposed == 1 and accept_guesses(drafter, first) >= LookupGraftDrafter.STREAK
 
-    streak = drafter.propose(request(tokens, shape)).tree
+    streak = propose(drafter, request(tokens, shape)).tree
     assert model.proposed == 1  # the model sat this round out
     guessed = [int(streak.token[i]) for i in range(1, streak.n)]
     # the guess runs on past the 2 guess nodes, as far as the lookup reaches (GUESS_LEN)
@@ -74,6 +78,6 @@ def test_a_plain_round_keeps_its_guesses_to_the_guess_budget():
     drafter = LookupGraftDrafter(model)
     tokens = PHRASE + PHRASE[:12]
     drafter.start(tokens)
-    tree = drafter.propose(request(tokens, replace(PLAIN, guess_nodes=3, guess_depth=24))).tree
+    tree = propose(drafter, request(tokens, replace(PLAIN, guess_nodes=3, guess_depth=24))).tree
     assert model.proposed == 0
     assert [int(tree.token[i]) for i in range(1, tree.n)] == PHRASE[12:15]

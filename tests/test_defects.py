@@ -66,14 +66,14 @@ def test_the_draft_reads_the_prompt_before_the_first_round(tiny_target, tiny_dra
     prompt = "a long prompt " * 30
     with Engine(str(tiny_target), str(tiny_draft_other), threads=1, ctx_size=512, policy="fixed") as engine:
         sizes = []
-        engine.models.model_drafter.propose = _recording(engine.models.model_drafter.propose, sizes)
+        engine.models.model_drafter.proposing = _recording(engine.models.model_drafter.proposing, sizes)
         engine.generate(prompt, max_tokens=4, mode="chain", max_depth=2)
     assert sizes and sizes[0][0] == 1  # the first round's first draft call feeds the root alone
 
 
-def _recording(propose, sizes):
+def _recording(proposing, sizes):
     def wrapped(request):
-        proposal = propose(request)
+        proposal = yield from proposing(request)
         sizes.append(proposal.draft_sizes)
         return proposal
     return wrapped

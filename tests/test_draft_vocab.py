@@ -15,7 +15,7 @@ from edge_tree.core import models
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError
 from chisquare import SIGNIFICANCE, first_two_tokens, p_value
-from drafts import K, assert_greedy_is_the_targets, full_logits
+from drafts import K, assert_greedy_is_the_targets, decoded, full_logits
 from neartie import assert_same_or_near_tie
 
 
@@ -68,8 +68,8 @@ def test_the_draft_scores_the_dropped_tokens_its_context_holds(reduced_engine, t
     dropped = {t for t in tokens if t not in kept}
     drafter = reduced_engine.models.model_drafter
     drafter.start(tokens)
-    drafter._note_context(tokens)  # what propose() does first
-    (row,) = drafter._sync(tokens, [])  # the draft's logits at the root, over its index space
+    drafter._note_context(tokens)  # what proposing() does first
+    (row,) = decoded(drafter, drafter._sync(tokens, []))  # the draft's logits at the root, over its index space
     index_ids = drafter._index_ids
     assert dropped and dropped <= set(index_ids.tolist()) and len(index_ids) == K + len(dropped)
     expected = full_logits(tiny_draft_other, tokens)[index_ids]

@@ -18,6 +18,7 @@ from edge_tree.core.plan import TreeShape
 from edge_tree.core.sampling import SamplingParams, distribution
 from edge_tree.core.tree import DRAFT, NGRAM, TokenTree, branch_seq_ids
 from edge_tree.core.verify import verify, verify_deterministic_tree, verify_greedy, verify_sampled_tree
+from drafts import propose
 
 PURE = settings(max_examples=300, deadline=None)
 LLAMA = settings(max_examples=25, deadline=None,
@@ -281,7 +282,7 @@ def test_draft_trees_respect_every_budget(draft_ctx, shape, children, temperatur
     try:
         drafter.start(tokens)
         params = SamplingParams(temperature=temperature)
-        proposal = drafter.propose(DraftRequest(tokens, shape, params, np.random.default_rng(seed)))
+        proposal = propose(drafter, DraftRequest(tokens, shape, params, np.random.default_rng(seed)))
     finally:
         drafter.close()
     tree = proposal.tree

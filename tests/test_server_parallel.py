@@ -110,6 +110,8 @@ def test_eight_clients_at_once_each_get_the_targets_own_text(server, reference):
     assert after["edgetree_requests_served_total"] - before["edgetree_requests_served_total"] == SLOTS
     assert after["edgetree_tokens_generated_total"] - before["edgetree_tokens_generated_total"] == SLOTS * MAX_TOKENS
     assert shared > 0 and passes < rounds  # one pass verified several requests' trees
+    # and one draft decode grew a level of several requests' trees
+    assert after["edgetree_shared_draft_decodes_total"] > before["edgetree_shared_draft_decodes_total"]
     assert after["edgetree_tokens_drafted_total"] > before["edgetree_tokens_drafted_total"]
 
 

@@ -31,15 +31,19 @@ def side_by_side(tiny_target, tiny_draft_same):
 
 @pytest.fixture
 def slots(side_by_side, monkeypatch):
-    """The engine's slots, counting the target's passes."""
-    ctx = side_by_side.models.target_ctx
-    passes = []
-    decode = ctx.decode
-    monkeypatch.setattr(ctx, "decode", lambda batch: (passes.append(batch.n_tokens), decode(batch))[1])
+    """The engine's slots, counting the target's passes and the draft's calls."""
     slots = Slots(side_by_side)
-    slots.decodes = passes  # the size of every target decode
+    slots.decodes = _counting(side_by_side.models.target_ctx, monkeypatch)  # the size of every target decode
+    slots.draft_calls = _counting(side_by_side.models.draft_ctx, monkeypatch)
     yield slots
     slots.close()
+
+
+def _counting(ctx, monkeypatch) -> list[int]:
+    sizes = []
+    decode = ctx.decode
+    monkeypatch.setattr(ctx, "decode", lambda batch: (sizes.append(batch.n_tokens), decode(batch))[1])
+    return sizes
 
 
 def run_all(slots: Slots, requests: dict[int, tuple[str, dict]], join_after: int = 0,
@@ -78,6 +82,10 @@ def test_eight_requests_side_by_side_each_equal_their_reply_alone(alone, slots):
     assert len(slots.decodes) < rounds / 2, (len(slots.decodes), rounds)
     assert max(tree_passes) > 2 * max(result.stats["drafted"] / result.stats["rounds"] + 1
                                       for result in results.values())
+    # and the draft decoded a level of several runs' trees in each of its calls
+    asked = sum(result.stats["draft_calls"] for result in results.values())
+    assert len(slots.draft_calls) < asked / 2, (len(slots.draft_calls), asked)
+    assert slots.shared_draft_decodes > len(slots.draft_calls) / 2
 
 
 def test_requests_join_and_leave_mid_run(alone, slots):
@@ -108,7 +116,7 @@ def test_a_failing_request_leaves_the_others_running(alone, slots, monkeypatch):
     good = slots.start(PROMPTS[0], GenOptions(max_tokens=MAX_TOKENS))
     bad = slots.start(PROMPTS[1], GenOptions(max_tokens=MAX_TOKENS))
     drafter = slots.runs[bad].drafter
-    monkeypatch.setattr(drafter, "propose", lambda request: (_ for _ in ()).throw(RuntimeError("drafter broke")))
+    monkeypatch.setattr(drafter, "proposing", lambda request: (_ for _ in ()).throw(RuntimeError("drafter broke")))
     ended = {}
     while slots.busy:
         ended.update(slots.step())

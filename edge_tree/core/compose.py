@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .drafting import DraftRequest, Proposal, root_only
+from .drafting import DraftRequest, Proposal, Proposing, root_only
 from .lookup import guess_tree, lookup
 from .model_drafter import DraftModelDrafter
 from .plan import GUESS_LEN
@@ -39,12 +39,12 @@ class LookupGraftDrafter:
         self.model.start(prompt, held, read)
         self._streak = False
 
-    def propose(self, request: DraftRequest) -> Proposal:
+    def proposing(self, request: DraftRequest) -> Proposing:
         shape = request.shape
         wants_model = shape.use_model and shape.max_total_nodes > 0
         if self.model.children == "sampled" and not request.params.greedy:
             self._model_round = wants_model
-            return self.model.propose(request) if wants_model else root_only(request.tokens)
+            return (yield from self.model.proposing(request)) if wants_model else root_only(request.tokens)
         guess, match = lookup(request.tokens, min(GUESS_LEN, shape.guess_depth))
         strong = match >= self.STRONG_MATCH
         self._model_round = wants_model and not (self._streak and strong)
@@ -59,7 +59,7 @@ class LookupGraftDrafter:
         # the draft checks a guess in its first call only where the context match is long:
         # each guessed token costs part of a draft call, paid back only if the draft agrees
         checked = tuple(guess[:self.CHECKED_GUESS]) if strong else ()
-        proposal = self.model.propose(request.but(lookahead=checked))
+        proposal = yield from self.model.proposing(request.but(lookahead=checked))
         self._graft_guesses(request, proposal.tree, guess if strong else [])
         return proposal
 

@@ -73,12 +73,15 @@ class CostModel:
     def round_s(self, calls: Sequence[int], nodes: int, beside: Beside = ALONE) -> float:
         """A round: draft calls of these sizes, a target pass over the root and nodes, and the
         host's work; with other generations' work beside it in a shared round."""
-        table = self._draft
-        return self.round_s_of(sum(table[c] for c in calls), len(calls), sum(calls), nodes, beside)
+        drafting = sum(self.draft_points_s(c, beside) for c in calls)
+        return self.round_s_of(drafting, len(calls), sum(calls), nodes, beside)
 
-    def draft_points_s(self, n: int) -> float:
-        """A draft call over n tokens as calibrated, before the corrections (for round_s_of)."""
-        return self._draft[n]
+    def draft_points_s(self, n: int, beside: Beside = ALONE) -> float:
+        """A draft call over n tokens as calibrated, before the corrections (for round_s_of); in
+        a shared round, this generation's part of a decode that carries a call of about the same
+        size from each other generation that drafts (core/slots.py), by tokens."""
+        sharing = 1 + beside.drafting
+        return self._draft[min(n * sharing, len(self._draft) - 1)] / sharing
 
     def round_s_of(self, drafting: float, n_calls: int, fed: int, nodes: int, beside: Beside = ALONE) -> float:
         """round_s from running sums, for a search that grows a tree level by level: the

@@ -4,7 +4,11 @@ As in Hugging Face's CandidateGenerator, the loop knows drafters only through th
     start(prompt, held, read)  a new generation: read the prompt (now, or with read=False
                              at its first tree), keeping what the last one (its tokens:
                              held) left in the cache that the prompt begins with
-    propose(request)         grow a TokenTree rooted at the context's last token
+    proposing(request)       grow a TokenTree rooted at the context's last token: a generator
+                             that yields each draft-model decode it needs (a DraftCall) and
+                             is sent back where the call's first token sits in the batch
+                             decoded, so that the caller may decode several lanes' calls in
+                             one llama_decode (core/slots.py); it returns the Proposal
     ahead(tree, busy)        work while the target verifies the tree elsewhere (or nothing)
     observe(tree, verdict)   learn the outcome, trim caches
 and `extra_nodes`, the nodes a drafter may add beyond the policy's plan (guesses found in the
@@ -14,7 +18,7 @@ context), for which the loop leaves room within the user's hard caps.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Generator, Protocol, Sequence
 
 import numpy as np
 
@@ -50,6 +54,36 @@ class Proposal:
         return len(self.draft_sizes)
 
 
+@dataclass(frozen=True)
+class DraftCall:
+    """One decode of the draft model a drafter needs: (token, position, seq ids, logits wanted)
+    for each token, in order."""
+
+    entries: tuple[tuple[int, int, tuple[int, ...], bool], ...]
+
+
+# a drafter's round: yields its calls, is sent each call's first batch index, returns the tree
+Proposing = Generator[DraftCall, int, Proposal]
+
+
+def no_calls(proposal: Proposal) -> Proposing:
+    """A proposal made without the draft model, as proposing() hands it over."""
+    return proposal
+    yield  # unreachable: it makes this a generator, which returns at its first step
+
+
+def run_calls(steps: Generator, decode: Callable[[DraftCall], object]):
+    """Drive a generator of draft calls to its end, sending back decode(call) for each call;
+    returns what the generator returns."""
+    answer = None
+    while True:
+        try:
+            call = steps.send(answer)
+        except StopIteration as done:
+            return done.value
+        answer = decode(call)
+
+
 def root_only(tokens: list[int]) -> Proposal:
     """A round that proposes nothing: the target decodes the root alone (plain decoding)."""
     return Proposal(TokenTree(0, tokens[-1]))
@@ -60,7 +94,7 @@ class Drafter(Protocol):
 
     def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None: ...
 
-    def propose(self, request: DraftRequest) -> Proposal: ...
+    def proposing(self, request: DraftRequest) -> Proposing: ...
 
     def ahead(self, tree: TokenTree, busy: Callable[[], bool]) -> None: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable
+from typing import Callable, Generator
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..errors import InputError, UsageError
 from ..records import StepRecord
 from .chat import Prompt, prompt_tokens
 from .detokenize import StopText
-from .drafting import DraftRequest, Proposal, root_only
+from .drafting import DraftCall, DraftRequest, Proposal, Proposing, root_only, run_calls
 from .lanes import Lane
 from .models import LoadedModels
 from .options import DRAFT_MODES, GenOptions, LoadOptions, split_options
@@ -203,22 +203,46 @@ class Run:
         return self.options.sampling
 
     def propose(self, beside: Beside = ALONE) -> Proposal | None:
-        """The first half of a round: plan and draft its tree; None once a stop rule fired.
-        beside: what other generations bring to the round, when its pass is shared."""
+        """The first half of a round: plan and draft its tree, each draft call a llama_decode of
+        its own; None once a stop rule fired. beside: what other generations bring to the
+        round, when its pass is shared."""
+        drafter = self.lane.model_drafter
+        return run_calls(self.proposing(beside), drafter.decode_alone if drafter else None)
+
+    def proposing(self, beside: Beside = ALONE) -> Generator[DraftCall, tuple[int, float], Proposal | None]:
+        """propose() as a generator of the draft calls it needs, for a caller that decodes them
+        beside other runs' (core/slots.py) and sends back (first batch index, this call's
+        seconds of the decode)."""
         self.stop = self.stop or self._stop_before_round()
         if self.stop:
             return None
         started = time.perf_counter()
-        draft_clock = self.models.decode_clocks()[1]
         shape = self._shape(len(self.tokens), beside)
         if self._first_token_first and not self.generated:
             shape = PLAIN  # the draft has not read the prompt: the first token goes out first
+        draft_s = 0.0
         if self.drafter and shape.capacity:
-            proposal = self.drafter.propose(DraftRequest(self.tokens, shape, self.params, self.rng))
+            request = DraftRequest(self.tokens, shape, self.params, self.rng)
+            proposal, draft_s = yield from self._timed(self.drafter.proposing(request))
         else:
             proposal = root_only(self.tokens)
-        self._round_start = (started, shape, time.perf_counter(), self.models.decode_clocks()[1] - draft_clock)
+        self._round_start = (started, shape, time.perf_counter(), draft_s)
         return proposal
+
+    def _timed(self, steps: Proposing):
+        """Pass a drafter's calls on to the caller; returns its proposal and this run's seconds
+        inside the draft's llama_decode: the calls it makes itself (catching up on a long
+        context), and its share of those the caller decoded."""
+        draft_s, first = 0.0, None
+        while True:
+            before = self.models.decode_clocks()[1]
+            try:
+                call = steps.send(first)
+            except StopIteration as done:
+                return done.value, draft_s + self.models.decode_clocks()[1] - before
+            draft_s += self.models.decode_clocks()[1] - before
+            first, seconds = yield call
+            draft_s += seconds
 
     def verify_alone(self, proposal: Proposal) -> None:
         """A target pass over this run's tree alone, the draft working ahead where it may; then

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .drafting import DraftRequest, Proposal, root_only
+from .drafting import DraftRequest, Proposal, Proposing, no_calls, root_only
 from .plan import GUESS_LEN
 from .tree import NGRAM, TokenTree
 
@@ -52,10 +52,10 @@ class LookupDrafter:
     def start(self, prompt: list[int], held: Sequence[int] = (), read: bool = True) -> None:
         pass
 
-    def propose(self, request: DraftRequest) -> Proposal:
+    def proposing(self, request: DraftRequest) -> Proposing:
         shape = request.shape
         guess, _ = lookup(request.tokens, min(GUESS_LEN, shape.max_depth, shape.max_total_nodes))
-        return Proposal(guess_tree(request.tokens, guess)) if guess else root_only(request.tokens)
+        return no_calls(Proposal(guess_tree(request.tokens, guess)) if guess else root_only(request.tokens))
 
     def ahead(self, tree, busy) -> None:
         pass

@@ -1,4 +1,6 @@
-"""The draft model proposes the tree, one batched llama_decode per level.
+"""The draft model proposes the tree, one batched llama_decode per level: proposing() yields each
+call (a DraftCall), for the caller to decode alone (decode_alone) or with other lanes' calls in one
+batch (core/slots.py, decode_calls), and reads its logits rows where the caller says they are.
 
 KV layout in the draft's unified cache, in the generation's share of it (llamacpp/share.py, whose first
 sequence is `seq0`): seq0 holds committed tokens only; every node the draft decodes gets a seq id
@@ -25,13 +27,13 @@ its choices follow them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 
 from ..llamacpp.draft_vocab import OutputRows
 from ..llamacpp.share import Share
-from .drafting import DraftRequest, Proposal
+from .drafting import DraftCall, DraftRequest, Proposal, Proposing
 from .plan import TreeShape, prob_bin
 from .sampling import distribution, log_normalizer, sample_without_replacement
 from .tree import TokenTree, common_prefix
@@ -48,6 +50,20 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k > 1:
             work[top[i]] = -np.inf
     return top, logits[top].astype(np.float64) - log_normalizer(logits, float(logits[top[0]]))
+
+
+def decode_calls(ctx, batch, calls: Sequence[DraftCall]) -> tuple[list[int], float]:
+    """Several drafters' calls in one llama_decode of the draft: each call's first batch index,
+    and the seconds it took."""
+    batch.clear()
+    firsts = []
+    for call in calls:
+        firsts.append(batch.n_tokens)
+        for token, pos, seqs, output in call.entries:
+            batch.add(token, pos, seqs, output)
+    before = ctx.decode_s
+    ctx.decode(batch)
+    return firsts, ctx.decode_s - before
 
 
 @dataclass
@@ -165,7 +181,7 @@ class DraftModelDrafter:
     def close(self) -> None:
         self.batch.close()
 
-    def propose(self, request: DraftRequest) -> Proposal:
+    def proposing(self, request: DraftRequest) -> Proposing:
         shape, params, tokens = request.shape, request.params, request.tokens
         sampled = self.children == "sampled" and not params.greedy
         tree = TokenTree(shape.capacity, tokens[-1], sampled=sampled)
@@ -180,7 +196,7 @@ class DraftModelDrafter:
         else:
             guess = list(request.lookahead)
             sizes = [len(tokens) - self.n_cached + len(guess)]  # the first call: new tokens, the guess
-            rows = self._sync(tokens, guess)  # logits at the root, then after each guessed token
+            rows = yield from self._sync(tokens, guess)  # logits at the root, then after each guessed token
         self._guess_len = len(guess)
         on_guess = {0: 0}  # node -> how many guessed tokens its path follows
         frontier = {0: rows[0]}
@@ -203,9 +219,14 @@ class DraftModelDrafter:
             frontier = {n: rows[on_guess[n]] for n in grow if n in on_guess}
             unknown = [n for n in grow if n not in on_guess]
             if unknown:
-                frontier |= self._expand(tree, unknown)
+                frontier |= yield from self._expand(tree, unknown)
                 sizes.append(len(unknown))
         return Proposal(tree, draft_probs, tuple(sizes), ready_rows=len(rows) if ready else 0)
+
+    def decode_alone(self, call: DraftCall) -> tuple[int, float]:
+        """A call in a llama_decode of its own: (its first token's batch index, seconds)."""
+        _, seconds = decode_calls(self.ctx, self.batch, [call])
+        return 0, seconds
 
     def _take_ready(self, tokens: list[int]) -> Ahead | None:
         """The rows decoded ahead, if they are still this context's (the committed prefix and the
@@ -222,26 +243,24 @@ class DraftModelDrafter:
             self.ctx.seq_rm(self.seq0, self.n_cached, -1)
         return None
 
-    def _sync(self, tokens: list[int], guess: list[int]) -> list[np.ndarray]:
+    def _sync(self, tokens: list[int], guess: list[int]) -> Generator[DraftCall, int, list[np.ndarray]]:
         """Feed the committed tokens the draft has not seen, and the guess after them in the
-        guess seq. Returns the logits at the root and after each guessed token."""
+        guess seq, in one call. Returns the logits at the root and after each guessed token."""
         if len(tokens) - self.n_cached > self.QUIET_RUN:  # a long run (the prompt, rounds without
             self._feed_without_outputs(tokens[self.n_cached:-1])  # the model): no outputs but the root
-        new = tokens[self.n_cached:]
-        if not guess or len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
-            last = self.ctx.feed(self.batch, new, self.n_cached, self.seq0)
-            self.n_cached = len(tokens)
-            return [self._logits(last)]
-        self.ctx.seq_cp(self.seq0, self.guess_seq)  # the guess sees the whole prefix
-        self.batch.clear()
-        for k, token in enumerate(new):
-            self.batch.add(token, self.n_cached + k, (self.seq0, self.guess_seq), k == len(new) - 1)
-        for k, token in enumerate(guess):
-            self.batch.add(token, len(tokens) + k, (self.guess_seq,), True)
-        self.ctx.decode(self.batch)
+        new = tokens[self.n_cached:]  # at most QUIET_RUN tokens, within any batch (n_batch >= 16)
+        if len(new) + len(guess) > min(self.batch.capacity, self.ctx.n_batch):
+            guess = []
+        seqs = (self.seq0, self.guess_seq) if guess else (self.seq0,)
+        if guess:
+            self.ctx.seq_cp(self.seq0, self.guess_seq)  # the guess sees the whole prefix
+        entries = [(token, self.n_cached + k, seqs, k == len(new) - 1) for k, token in enumerate(new)]
+        entries += [(token, len(tokens) + k, (self.guess_seq,), True) for k, token in enumerate(guess)]
+        first = yield DraftCall(tuple(entries))
         self.n_cached = len(tokens)
+        rows = [self._logits(first + len(new) - 1 + k) for k in range(len(guess) + 1)]
         # copies: later draft calls overwrite the logits buffer, and these may serve any level
-        return [np.array(self._logits(len(new) - 1 + k)) for k in range(len(guess) + 1)]
+        return [np.array(row) for row in rows] if guess else rows
 
     def _follow_guess(self, tree, level, guess, on_guess, n_rows) -> None:
         """Mark the level's nodes that continue the guess: the draft has already decoded them."""
@@ -323,18 +342,18 @@ class DraftModelDrafter:
         floor = np.log(shape.min_expand_prob) if shape.min_expand_prob > 0 else -np.inf
         return [i for i in best if self._reach[i] >= floor]
 
-    def _expand(self, tree, nodes) -> dict[int, np.ndarray]:
-        """Decode one level in one batch; each node gets its own branch seq."""
-        self.batch.clear()
+    def _expand(self, tree, nodes) -> Generator[DraftCall, int, dict[int, np.ndarray]]:
+        """Decode one level in one call; each node gets its own branch seq."""
+        entries = []
         for node in nodes:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
             pos = self._root_pos + int(tree.depth[node])
             # the parent's seq may run on past the parent (the guess): copy only the path to it
             self.ctx.seq_cp(self._node_seq[int(tree.parent[node])], seq, -1, pos)
             self._node_seq[node] = seq
-            self.batch.add(int(tree.token[node]), pos, (seq,), True)
-        self.ctx.decode(self.batch)
-        return {node: self._logits(i) for i, node in enumerate(nodes)}
+            entries.append((int(tree.token[node]), pos, (seq,), True))
+        first = yield DraftCall(tuple(entries))
+        return {node: self._logits(first + i) for i, node in enumerate(nodes)}
 
     def ahead(self, tree: TokenTree, busy: Callable[[], bool]) -> None:
         """While the target verifies `tree` elsewhere: decode the tree's first-choice walk, then,

@@ -51,24 +51,28 @@ class TreeShape:
 class Beside:
     """What the other generations of a shared round bring to it (serve --parallel): the tokens
     they expect to gain, the seconds they spend beside the target's pass (drafting, host work),
-    and the tokens they add to the pass. A round's rate is all its tokens over all its time."""
+    the tokens they add to the pass, and how many of them call the draft model (each level's
+    calls of all of them go into one draft decode, core/slots.py). A round's rate is all its
+    tokens over all its time."""
 
     tokens: float = 0.0
     seconds: float = 0.0
     nodes: int = 0
     runs: int = 0
+    drafting: int = 0
 
     def __add__(self, other: "Beside") -> "Beside":
         return Beside(self.tokens + other.tokens, self.seconds + other.seconds, self.nodes + other.nodes,
-                      self.runs + other.runs)
+                      self.runs + other.runs, self.drafting + other.drafting)
 
     def __sub__(self, other: "Beside") -> "Beside":
         return Beside(self.tokens - other.tokens, self.seconds - other.seconds, self.nodes - other.nodes,
-                      self.runs - other.runs)
+                      self.runs - other.runs, self.drafting - other.drafting)
 
     def rounded(self) -> "Beside":
         """Coarse (a tenth of a token, a millisecond, eight nodes): plans are remembered by it."""
-        return Beside(round(self.tokens, 1), round(self.seconds, 3), 8 * round(self.nodes / 8), self.runs)
+        return Beside(round(self.tokens, 1), round(self.seconds, 3), 8 * round(self.nodes / 8), self.runs,
+                      self.drafting)
 
 
 ALONE = Beside()

@@ -210,11 +210,13 @@ def shape_rate(shape: TreeShape, pi: np.ndarray, cost: CostModel, beside: Beside
     return round_rate(*_expected(shape, pi), cost, beside)
 
 
-def shape_share(shape: TreeShape, pi: np.ndarray, cost: CostModel) -> Beside:
+def shape_share(shape: TreeShape, pi: np.ndarray, cost: CostModel, beside: Beside = ALONE) -> Beside:
     """What a round of this shape brings to a shared round: its expected tokens, its seconds
-    beside the pass, its tokens in the pass (the root's included)."""
+    beside the pass (its part of the draft decodes it shares with the others that draft), its
+    tokens in the pass (the root's included), whether it drafts."""
     accepted, nodes, calls = _expected(shape, pi)
-    return Beside(accepted + 1.0, cost.round_s(calls, nodes) - cost.verify_s(1 + nodes), 1 + nodes, 1)
+    seconds = cost.round_s(calls, nodes, Beside(drafting=beside.drafting)) - cost.verify_s(1 + nodes)
+    return Beside(accepted + 1.0, seconds, 1 + nodes, 1, int(bool(calls)))
 
 
 def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel, beside: Beside = ALONE) -> TreeShape:
@@ -232,7 +234,7 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel, beside: Beside = ALO
         drafting, fed = 0.0, 0  # running sums over the calls: each depth adds one call
         for depth, accepted, nodes, calls, floor in grow_levels(branch, expand, per_level,
                                                                 total_cap, max_depth, pi):
-            drafting += cost.draft_points_s(calls[-1])
+            drafting += cost.draft_points_s(calls[-1], beside)
             fed += calls[-1]
             rate = (accepted + 1.0 + beside.tokens) / cost.round_s_of(drafting, len(calls), fed, nodes, beside)
             if rate > best_rate:
@@ -378,7 +380,7 @@ class AdaptivePolicy:
         if rate <= plain_rate:
             plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
             return plain, self._hope(caps, beside, plain_rate), shape_share(PLAIN, pi, self.cost)
-        return self._tree(shape, rate, caps, pi), None, shape_share(shape, pi, self.cost)
+        return self._tree(shape, rate, caps, pi), None, shape_share(shape, pi, self.cost, beside)
 
     def _hope(self, caps: Caps, beside: Beside, plain_rate: float) -> TreeShape | None:
         """The tree to try while plain decoding wins: the best under the acceptance the draft

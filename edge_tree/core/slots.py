@@ -1,9 +1,10 @@
 """Generations side by side (`serve --parallel N`): each on a lane of its own (lanes.py), every
 round's trees verified in one target pass.
 
-A round of the slots: each active run plans and drafts its tree (propose), the trees go into one
-batch, the prompts of runs that joined fill the room left, one llama_decode evaluates them all,
-and each run verifies its rows, commits and streams (conclude). A batch of many tokens costs
+A round of the slots: each active run plans and drafts its tree (proposing), the draft decoding
+a level of every run's tree in one llama_decode; the trees go into one batch, the prompts of runs
+that joined fill the room left, one llama_decode evaluates them all, and each run verifies its
+rows, commits and streams (conclude). A batch of many tokens costs
 little more than one where the weights dominate (a GPU, a large model), which is where serving
 many requests gains. Runs join and leave between rounds. A lone run with its prompt read takes
 the path generate() takes, the draft working ahead where it may.
@@ -11,12 +12,14 @@ the path generate() takes, the draft working ahead where it may.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Generator
 
 from ..llamacpp.llama import Batch
 from ..records import StepRecord
 from .chat import Prompt
+from .drafting import DraftCall, Proposal
 from .engine import Engine, GenerationResult, Run
+from .model_drafter import decode_calls
 from .options import GenOptions
 from .plan import Beside
 from .tree import common_prefix
@@ -32,13 +35,19 @@ class Slots:
         self.runs: list[Run | None] = [None] * len(self.lanes)
         ctx = engine.models.target_ctx
         self._batch = Batch(ctx.n_batch, ctx.n_seq_max)  # a pass: every tree, then prompts
+        draft_ctx = engine.models.draft_ctx
+        self._draft_batch = draft_ctx.new_batch(draft_ctx.n_batch, 2) if draft_ctx else None  # a level of every tree
         self._starts = 0
         self.passes = 0  # target passes run, and those that verified several runs' trees
         self.shared_passes = 0
+        self.draft_decodes = 0  # the draft's llama_decodes for the runs' trees, and those for several runs
+        self.shared_draft_decodes = 0
         self._started_at = [0] * len(self.lanes)  # which start each lane saw last
 
     def close(self) -> None:
         self._batch.close()
+        if self._draft_batch:
+            self._draft_batch.close()
 
     @property
     def busy(self) -> int:
@@ -87,19 +96,15 @@ class Slots:
         the prompts of those reading theirs, in one target pass. Returns the runs that ended in
         it: (slot, result), or (slot, error) for a run that failed; their lanes are free again."""
         ended: list[tuple[int, GenerationResult | Exception]] = []
-        proposals = {}
         shares = {slot: run.policy.share for slot, run in enumerate(self.runs) if run and not run.unread}
         everyone = sum(shares.values(), Beside())
-        for slot in shares:
-            try:
-                proposal = self.runs[slot].propose(everyone - shares[slot])
-            except Exception as error:  # noqa: BLE001  this run fails; the others go on
-                ended.append(self._end(slot, error))
-                continue
-            if proposal is None:
-                ended.append(self._end(slot))
+        proposals = {}
+        for slot, outcome in self._draft({slot: self.runs[slot].proposing(everyone - shares[slot])
+                                          for slot in shares}).items():
+            if outcome is None or isinstance(outcome, Exception):
+                ended.append(self._end(slot, outcome))
             else:
-                proposals[slot] = proposal
+                proposals[slot] = outcome
         reading = [slot for slot, run in enumerate(self.runs) if run and run.unread]
         if not proposals and not reading:
             return ended
@@ -110,6 +115,44 @@ class Slots:
         except Exception as error:  # noqa: BLE001  the pass failed: every run in it did
             return ended + [self._end(slot, error) for slot in [*proposals, *reading]]
         return ended + [self._end(slot) for slot in proposals if self.runs[slot].stop]
+
+    def _draft(self, steps: dict[int, Generator]) -> dict[int, Proposal | None | Exception]:
+        """Every run's tree, drafted side by side: each run's next draft call goes into one
+        llama_decode of the draft with the other runs' (a level of every tree at once), and each
+        run pays its share of the decode's seconds, by tokens. Returns each run's proposal
+        (None: a stop rule fired) or the error that ended it; a failed decode fails the runs
+        whose calls were in it."""
+        done: dict[int, Proposal | None | Exception] = {}
+        calls: dict[int, DraftCall] = {}
+
+        def advance(slot: int, answer) -> None:
+            try:
+                calls[slot] = steps[slot].send(answer)
+            except StopIteration as finished:
+                done[slot] = finished.value
+            except Exception as error:  # noqa: BLE001  this run fails; the others go on
+                done[slot] = error
+
+        for slot in steps:
+            advance(slot, None)
+        while calls:
+            batch = self._draft_batch
+            fitting, room = [], batch.capacity
+            for slot, call in calls.items():  # what one decode holds; the rest go in the next
+                if len(call.entries) <= room or not fitting:
+                    fitting.append(slot)
+                    room -= len(call.entries)
+            taken = [calls.pop(slot) for slot in fitting]
+            try:
+                firsts, seconds = decode_calls(self.engine.models.draft_ctx, batch, taken)
+            except Exception as error:  # noqa: BLE001
+                done.update(dict.fromkeys(fitting, error))
+                continue
+            self.draft_decodes += 1
+            self.shared_draft_decodes += len(fitting) > 1
+            for slot, call, first in zip(fitting, taken, firsts):
+                advance(slot, (first, seconds * len(call.entries) / batch.n_tokens))
+        return done
 
     def _pass(self, proposals: dict, reading: list[int]) -> None:
         if len(proposals) == 1 and not reading:  # as generate() does it
