@@ -100,6 +100,17 @@ def test_sampling_with_a_reduced_draft_keeps_the_target_distribution(reduced_eng
     assert p_value(ar_counts, tree_counts) > SIGNIFICANCE
 
 
+def test_the_input_table_keeps_the_rows_it_read_and_embeds_the_same(tiny_draft_other):
+    from edge_tree.llamacpp.modelfile import describe_gguf
+
+    tensors = describe_gguf(tiny_draft_other, "draft")["tensors"]
+    read_each_time = draft_vocab.InputTable(tiny_draft_other, tensors, scale=2.0)
+    kept = draft_vocab.InputTable(tiny_draft_other, tensors, scale=2.0, cached_rows=3)
+    for tokens in ([5, 7, 5], [7, 9, 11, 5], [9], [1, 2, 3, 4, 5]):  # hits, a full table, more than it keeps
+        np.testing.assert_array_equal(kept(np.array(tokens)), read_each_time(np.array(tokens)))
+    assert set(kept._cached) == {1, 2, 3, 4, 5}
+
+
 def test_choose_ids_takes_the_most_used_and_keeps_the_stops():
     usage = np.array([0.0, 0.5, 0.1, 0.3, 0.0, 0.1])
     assert choose(usage, [0], 3) == [0, 1, 3]

@@ -175,6 +175,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
     with probability pi[r]. Yields, for each depth d, the tree cut there: (d, expected accepted
     tokens, nodes, tokens fed per draft call, reach of the least likely node grown for it)."""
     pi = [float(x) for x in pi]  # plain floats: numpy scalars cost several times more per product
+    ranks = range(branch)
     expanded = [1.0]  # probability that the walk reaches each expanded node of the last level
     nodes = 0
     accepted = 0.0
@@ -183,7 +184,7 @@ def grow_levels(branch: int, expand: int, per_level: int, total: int, max_depth:
         room = min(per_level, total - nodes)
         if room <= 0:
             return
-        level = sorted((p * pi[r] for p in expanded for r in range(branch)), reverse=True)[:room]
+        level = sorted([p * pi[r] for p in expanded for r in ranks], reverse=True)[:room]
         nodes += len(level)
         accepted += sum(level)
         yield depth, accepted, nodes, calls, expanded[-1]
@@ -227,14 +228,17 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel, beside: Beside = ALO
     per_level_cap = caps.max_nodes_per_level or 64
     total_cap = min(caps.max_total_nodes or MAX_PLANNED_NODES, MAX_PLANNED_NODES)
     best, best_rate = chain_shape(Caps(max_depth=1)), 0.0
-    for branch, expand in itertools.product((1, 2, 3, 4), (1, 2, 3, 4, 6, 8, 12, 16)):
+    expands = (1, 2, 3, 4, 6, 8, 12, 16)
+    call_s = [cost.draft_points_s(n, beside) for n in range(max(expands) + 1)]  # by tokens fed
+    pi = [float(x) for x in pi]
+    for branch, expand in itertools.product((1, 2, 3, 4), expands):
         per_level = min(per_level_cap, branch * expand)
-        if expand > per_level or branch > per_level:
+        if expand > per_level or branch > per_level or (branch == 1 and expand > 1):  # the last: a chain again
             continue
         drafting, fed = 0.0, 0  # running sums over the calls: each depth adds one call
         for depth, accepted, nodes, calls, floor in grow_levels(branch, expand, per_level,
                                                                 total_cap, max_depth, pi):
-            drafting += cost.draft_points_s(calls[-1], beside)
+            drafting += call_s[calls[-1]]
             fed += calls[-1]
             rate = (accepted + 1.0 + beside.tokens) / cost.round_s_of(drafting, len(calls), fed, nodes, beside)
             if rate > best_rate:
