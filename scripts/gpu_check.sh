@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: build llama-cpp-python and llama.cpp's own tools with CUDA,
-# then print edge-tree's bench beside llama.cpp's on the demo pairs, every layer offloaded.
+# then print edge-tree's bench beside llama.cpp's on the demo pairs, every layer offloaded, and
+# many generations at once on the engine alone (scripts/bench_lanes.py).
 #
 #   scripts/gpu_check.sh [CUDA_ARCH]      (default: native; e.g. 90 for an H100/H200, 89 for an RTX 40xx)
 #
@@ -23,3 +24,6 @@ for pair in A B C; do
     .venv/bin/edge-tree bench --pair "$pair" -ngl 99 -ngld 99 -n 128 --modes ar,chain:8,tree \
         --llama-cpp "$tools" --json "gpu-check/pair$pair.json"
 done
+# many generations at once, engine alone: where a batch of many tokens is nearly free, one draft
+# decode per level for every lane's tree and one target pass for all of them should pay
+.venv/bin/python scripts/bench_lanes.py --pair A --lanes 1,4,8,16 -ngl 99 -ngld 99 | tee gpu-check/lanes.txt
