@@ -20,6 +20,7 @@ from edge_tree.core.policy import AdaptivePolicy
 from edge_tree.core.sampling import SamplingParams, distribution
 from edge_tree.errors import UsageError
 from edge_tree.llamacpp import draft_vocab, llama
+from edge_tree.llamacpp.logs import logs_shown
 from edge_tree.llamacpp.share import Share
 
 REPEATING = "one two three four five six seven eight nine ten one two three four five six seven eight"
@@ -162,11 +163,11 @@ def test_top_k_0_never_sorts_the_vocabulary(monkeypatch, top_p, min_p):
 
 def test_a_second_engine_does_not_turn_the_first_ones_logs_off(tiny_target):
     with Engine(str(tiny_target), threads=1, ctx_size=64, verbose=True):
-        assert llama.logs_shown()
+        assert logs_shown()
         with Engine(str(tiny_target), threads=1, ctx_size=64, verbose=False):
-            assert llama.logs_shown()  # the first engine still wants them
-        assert llama.logs_shown()
-    assert not llama.logs_shown()
+            assert logs_shown()  # the first engine still wants them
+        assert logs_shown()
+    assert not logs_shown()
 
 
 def test_a_failed_load_says_why_even_while_another_engine_runs(tiny_target, tmp_path):

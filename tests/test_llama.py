@@ -328,6 +328,29 @@ def test_context_keeps_n_seq_max_within_n_batch_within_n_ctx(model):
         assert ctx.n_ctx >= 32
 
 
+def test_a_batch_past_the_contexts_outputs_is_refused_not_aborted(model):
+    """llama.cpp sizes its compute buffer for n_outputs rows and asserts (aborts the process) on
+    a batch that asks for more: decode() says so first, counting every token while hidden states
+    are on (llama.cpp then outputs them all)."""
+    with llama.Context(model, N_CTX, 2, threads=THREADS, n_outputs=3) as ctx, llama.Batch(8, 1) as batch:
+        assert ctx.n_outputs == 3
+        for pos in range(4):
+            batch.add(7, pos, (0,), True)
+        with pytest.raises(EdgeTreeError, match="4 outputs, past this context's 3"):
+            ctx.decode(batch)
+        batch.clear()
+        for pos in range(3):
+            batch.add(7, pos, (0,), pos == 2)
+        ctx.decode(batch)  # three tokens, one output
+        ctx.clear()
+        ctx.output_hidden(True)
+        batch.add(7, 3, (0,), False)
+        with pytest.raises(EdgeTreeError, match="4 outputs"):
+            ctx.decode(batch)
+    with llama.Context(model, 32, n_seq_max=8, threads=THREADS, n_outputs=2) as ctx:
+        assert ctx.n_outputs == 8  # never under one output per sequence (llama.cpp asserts it)
+
+
 def test_logits_of_a_token_without_logits_raise(model):
     tokens = model.tokenize("hello world")
     with llama.Context(model, N_CTX, 1, threads=THREADS) as ctx, llama.Batch(64, 1) as batch:

@@ -34,6 +34,7 @@ from edge_tree.core.calibrate import _key
 from edge_tree.core.engine import Engine
 from edge_tree.errors import EdgeTreeError, UsageError
 from edge_tree.llamacpp import llama, rpc
+from edge_tree.llamacpp.logs import captured_log
 
 THREADS = "1"
 SLOW = 8000  # tokens: seconds of work over RPC, so a generation is still running when a host dies
@@ -88,14 +89,14 @@ def test_the_layers_really_go_to_the_hosts_given(tiny_target, tiny_draft_same, h
     --rpc-draft the draft's are on its host only, and a model given no host (loaded after hosts
     were registered in this process) holds none."""
     options = dict(threads=1, ctx_size=256)
-    with llama.captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options,
+    with captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options,
                                              rpc=hosts[0], rpc_draft=hosts[1]) as engine:
         text = engine.generate(PROMPT, max_tokens=8, mode="chain", max_depth=2).text
         state = engine.models.model_state
     assert state["target_rpc"] == hosts[:1] and state["draft_rpc"] == hosts[1:]
     buffers = [line for line in log if "model buffer size" in line]
     assert [host for host in hosts if any(f"[{host}]" in line for line in buffers)] == hosts, buffers
-    with llama.captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options) as engine:
+    with captured_log() as log, Engine(str(tiny_target), str(tiny_draft_same), **options) as engine:
         assert engine.generate(PROMPT, max_tokens=8, mode="chain", max_depth=2).text == text
     assert not [line for line in log if "RPC" in line], log
 

@@ -27,7 +27,7 @@ REPEATS = 3  # keep the fastest: the machine is shared and noisy
 
 def decode_costs(ctx: llama.Context, sizes, repeats: int = REPEATS) -> dict[int, float]:
     """Seconds for one decode of n chained tokens with logits for all, for each n in sizes."""
-    sizes = [n for n in sizes if n <= min(ctx.n_batch, ctx.n_ctx)]
+    sizes = [n for n in sizes if n <= min(ctx.n_batch, ctx.n_ctx, ctx.n_outputs)]
     costs = {}
     with ctx.new_batch(max(sizes), 1) as batch:
         for n in sizes:

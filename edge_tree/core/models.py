@@ -14,6 +14,7 @@ from ..llamacpp import draft_vocab as draft_vocabs
 from ..llamacpp import llama
 from ..llamacpp.share import Share
 from ..llamacpp.demo import ensure_demo
+from ..llamacpp.logs import LogView
 from ..llamacpp.modelfile import check_gguf
 from ..llamacpp.vocab import check_vocab
 from ..errors import EdgeTreeError, UsageError
@@ -48,7 +49,7 @@ class LoadedModels:
 
     def __init__(self, options: LoadOptions, progress: bool = False, lanes: int = 1):
         self._closers: list[Callable[[], None]] = []
-        self._keep(llama.LogView(options.verbose))
+        self._keep(LogView(options.verbose))
         try:
             self._load(options, progress, lanes)
         except BaseException:
@@ -69,7 +70,12 @@ class LoadedModels:
         if n_ctx // lanes < 16:
             raise UsageError("--ctx-size", f"{n_ctx} tokens leave under 16 for each of {lanes} slots")
         n_seq = sequences_for(self.target_model, lanes)
-        self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads))
+        # a pass asks for a row of logits per tree node, and a lane's tree has a node per sequence
+        # at most: the compute buffer is sized for that many rows, not for n_batch (Gemma: 67
+        # MiB, not 514, reserved; on a GPU, device memory). The draft's stays at n_batch: while
+        # it returns hidden states every token it is fed is an output.
+        self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads,
+                                                   n_outputs=n_seq))
         self.draft_model = self.reduced = None
         if self.draft_path:
             self._load_draft(options, progress)

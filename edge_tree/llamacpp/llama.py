@@ -1,4 +1,5 @@
-"""The only module that touches llama.cpp: models, contexts, batches, KV-cache ops, quantize, logs.
+"""The only module that touches llama.cpp: models, contexts, batches, KV-cache ops, quantize, the
+log callback (logs.py keeps where the lines go).
 
 Everything above this module sees plain Python and numpy. Pointers are freed deterministically
 (context managers / close()), never left to the garbage collector.
@@ -9,19 +10,18 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 import llama_cpp as C
 
 from ..errors import EdgeTreeError
-from . import NUMPY_CAME_FIRST, rpc
+from . import NUMPY_CAME_FIRST, logs, rpc
 from .facts import cpu_has_amx, is_cuda_build, load_failure, why
+from .logs import captured_log
 
 _backend_ready = False
 _LIB_DIR = os.environ.get("LLAMA_CPP_LIB_PATH") or Path(C.__file__).parent / "lib"  # llama_cpp's choice
@@ -38,58 +38,11 @@ def _ensure_backend() -> None:
         _backend_ready = True
 
 
-# -- logs: llama.cpp has one process-wide log callback ----------------------------------------
-
-class _Logs(threading.local):
-    """Lines llama.cpp logs while a capture is open on this thread (why a load failed)."""
-
-    def __init__(self):
-        self.captures: list[list[str]] = []
-
-
-_logs = _Logs()
-_shown_by = 0  # open LogView(show=True) objects: llama.cpp's logs reach stderr while any is open
-
+# -- logs: llama.cpp has one process-wide log callback (logs.py keeps what it is for) -----------
 
 @C.llama_log_callback
 def _on_log(level, text, user_data):
-    piece = (text or b"").decode("utf-8", "replace")
-    if _shown_by:
-        sys.stderr.write(piece)
-    line = piece.strip()
-    if line:
-        for lines in _logs.captures:
-            lines.append(line)
-
-
-class LogView:
-    """An engine's wish to see llama.cpp's logs on stderr (show=True), held until close(): one
-    engine's wish never turns another's off."""
-
-    def __init__(self, show: bool):
-        global _shown_by
-        self.show = show
-        _shown_by += show
-
-    def close(self) -> None:
-        global _shown_by
-        _shown_by -= self.show
-        self.show = False
-
-
-def logs_shown() -> bool:
-    return _shown_by > 0
-
-
-@contextmanager
-def captured_log() -> Iterator[list[str]]:
-    """The lines llama.cpp logs inside the block, on this thread."""
-    lines: list[str] = []
-    _logs.captures.append(lines)
-    try:
-        yield lines
-    finally:
-        _logs.captures.pop()  # this one: captures nest (remove() would take an equal outer list)
+    logs.record((text or b"").decode("utf-8", "replace"))
 
 
 # llama.cpp's AMX weight buffers crash in ggml_backend_amx_mul_mat on any batch of two or more
@@ -324,11 +277,12 @@ class Batch(_Closes):
         self.n_seq_max = n_seq_max
         self._raw = C.llama_batch_init(capacity, n_embd, n_seq_max)
         self.n_tokens = 0
+        self.n_outputs = 0  # tokens whose logits are asked for
         self.tokens = np.zeros(capacity, np.int64) if n_embd else None
         self.embd = np.ctypeslib.as_array(self._raw.embd, shape=(capacity, n_embd)) if n_embd else None
 
     def clear(self) -> None:
-        self.n_tokens = 0
+        self.n_tokens = self.n_outputs = 0
         self._raw.n_tokens = 0
 
     def add(self, token: int, pos: int, seq_ids: Sequence[int], logits: bool) -> None:
@@ -348,6 +302,7 @@ class Batch(_Closes):
         for j, s in enumerate(seq_ids):
             seq_row[j] = s
         raw.logits[i] = 1 if logits else 0
+        self.n_outputs += bool(logits)
         self.n_tokens = raw.n_tokens = i + 1
 
     def close(self) -> None:
@@ -365,17 +320,23 @@ class Context(_Closes):
     """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
-                 threads: int | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None):
+                 threads: int | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
+                 n_outputs: int | None = None):
         threads = threads or max(1, os.cpu_count() or 1)
         # llama.cpp caps a batch at the context and asserts (aborts) unless it can hold one output
-        # per sequence: keep n_seq_max <= n_batch <= n_ctx.
+        # per sequence: keep n_seq_max <= n_outputs <= n_batch <= n_ctx.
         n_batch = min(n_batch, n_ctx)
         n_seq_max = min(n_seq_max, n_batch)
+        # n_outputs: the most rows of logits one batch may ask for (default: every token). llama.cpp
+        # sizes its compute buffer for that many rows (512 rows of 262,144 floats on Gemma, much of
+        # it touched) and aborts on a batch that asks for more: decode() refuses one first.
+        n_outputs = max(n_seq_max, min(n_outputs or n_batch, n_batch))
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = n_seq_max
+        params.n_outputs_max = n_outputs
         params.n_threads = threads
         params.n_threads_batch = threads
         # One cell may belong to many branches, and seq_cp is metadata only: needed for trees.
@@ -392,6 +353,8 @@ class Context(_Closes):
         self.n_ctx = int(C.llama_n_ctx(self._ptr))
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
+        self.n_outputs = n_outputs
+        self._hidden = False  # output_hidden: llama.cpp then makes every token an output
         self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
         self._row_type = ctypes.c_float * model.n_vocab  # a row of logits, viewed without a copy
@@ -413,6 +376,9 @@ class Context(_Closes):
                                 f"{'embeddings' if self.embed else 'token ids'}; use new_batch()")
         if self.model.lost:
             raise rpc.failure()
+        outputs = batch.n_tokens if self._hidden else batch.n_outputs
+        if outputs > self.n_outputs:
+            raise EdgeTreeError(f"internal: a batch of {outputs} outputs, past this context's {self.n_outputs}")
         if self.embed:
             batch.embd[:batch.n_tokens] = self.embed(batch.tokens[:batch.n_tokens])
         started = time.perf_counter()
@@ -448,6 +414,7 @@ class Context(_Closes):
     def output_hidden(self, on: bool) -> None:
         """Also return outputs' final hidden states (embeddings): while on, every token outputs."""
         C.llama_set_embeddings(self._ptr, on)
+        self._hidden = on
 
     def hidden(self, i: int) -> np.ndarray:
         """Zero-copy view of the batch's i-th token's final hidden state; valid until the next decode."""
