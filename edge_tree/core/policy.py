@@ -233,7 +233,7 @@ def best_shape(caps: Caps, pi: np.ndarray, cost: CostModel, beside: Beside = ALO
     pi = [float(x) for x in pi]
     for branch, expand in itertools.product((1, 2, 3, 4), expands):
         per_level = min(per_level_cap, branch * expand)
-        if expand > per_level or branch > per_level or (branch == 1 and expand > 1):  # the last: a chain again
+        if expand > per_level or branch > per_level or (branch == 1 and expand > 1):  # branch 1: a chain
             continue
         drafting, fed = 0.0, 0  # running sums over the calls: each depth adds one call
         for depth, accepted, nodes, calls, floor in grow_levels(branch, expand, per_level,

@@ -4,10 +4,10 @@ round's trees verified in one target pass.
 A round of the slots: each active run plans and drafts its tree (proposing), the draft decoding
 a level of every run's tree in one llama_decode; the trees go into one batch, the prompts of runs
 that joined fill the room left, one llama_decode evaluates them all, and each run verifies its
-rows, commits and streams (conclude). A batch of many tokens costs
-little more than one where the weights dominate (a GPU, a large model), which is where serving
-many requests gains. Runs join and leave between rounds. A lone run with its prompt read takes
-the path generate() takes, the draft working ahead where it may.
+rows, commits and streams (conclude). A batch of many tokens costs little more than one where
+the weights dominate (a GPU, a large model), which is where serving many requests gains. Runs
+join and leave between rounds. A lone run with its prompt read takes the path generate() takes,
+the draft working ahead where it may.
 """
 
 from __future__ import annotations
