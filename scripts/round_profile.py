@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 import edge_tree
-from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.modes import parse_mode
+from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.records import walked
 
