@@ -52,6 +52,12 @@ def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return top, logits[top].astype(np.float64) - log_normalizer(logits, float(logits[top[0]]))
 
 
+def call_batch(ctx):
+    """A batch every draft call fits in: up to n_batch tokens, each in at most two sequences (a
+    committed token may also carry the guess's)."""
+    return ctx.new_batch(ctx.n_batch, 2)
+
+
 def decode_calls(ctx, batch, calls: Sequence[DraftCall]) -> tuple[list[int], float]:
     """Several drafters' calls in one llama_decode of the draft: each call's first batch index,
     and the seconds it took."""
@@ -107,7 +113,7 @@ class DraftModelDrafter:
         self.ahead_seq = share.first + share.count - 1  # and the AHEAD_BRANCHES - 1 below it
         self.max_expanded = share.count - 2 - self.AHEAD_BRANCHES
         self._went_ahead = False  # the last ones may hold cells
-        self.batch = ctx.new_batch(ctx.n_batch, 2)  # a committed token may also carry the guess seq
+        self.batch = call_batch(ctx)
         self.n_cached = 0  # committed tokens present in seq0
         self._node_seq: dict[int, int] = {}
         self._root_pos = 0

@@ -19,7 +19,7 @@ from ..records import StepRecord
 from .chat import Prompt
 from .drafting import DraftCall, Proposal
 from .engine import Engine, GenerationResult, Run
-from .model_drafter import decode_calls
+from .model_drafter import call_batch, decode_calls
 from .options import GenOptions
 from .plan import Beside
 from .tree import common_prefix
@@ -36,7 +36,7 @@ class Slots:
         ctx = engine.models.target_ctx
         self._batch = Batch(ctx.n_batch, ctx.n_seq_max)  # a pass: every tree, then prompts
         draft_ctx = engine.models.draft_ctx
-        self._draft_batch = draft_ctx.new_batch(draft_ctx.n_batch, 2) if draft_ctx else None  # a level of every tree
+        self._draft_batch = call_batch(draft_ctx) if draft_ctx else None  # a level of every tree
         self._starts = 0
         self.passes = 0  # target passes run, and those that verified several runs' trees
         self.shared_passes = 0

@@ -328,8 +328,8 @@ class Context(_Closes):
         n_batch = min(n_batch, n_ctx)
         n_seq_max = min(n_seq_max, n_batch)
         # n_outputs: the most rows of logits one batch may ask for (default: every token). llama.cpp
-        # sizes its compute buffer for that many rows (512 rows of 262,144 floats on Gemma, much of
-        # it touched) and aborts on a batch that asks for more: decode() refuses one first.
+        # reserves its compute buffer for that many rows (512 rows of 262,144 floats on Gemma; on a
+        # GPU, device memory) and aborts on a batch that asks for more: decode() refuses one first.
         n_outputs = max(n_seq_max, min(n_outputs or n_batch, n_batch))
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
