@@ -142,6 +142,15 @@ class DraftModelDrafter:
             self._feed_without_outputs(prompt[kept:-1])
         self.ctx.output_hidden(self.output is not None)
 
+    def adopt(self, source: "DraftModelDrafter", n: int) -> int:
+        """TargetRunner.adopt for the draft's cache: the first n committed cells of another
+        drafter's seq0 (as many as it holds); start() then keeps what the prompt shares with
+        them. Returns how many cells."""
+        self.share.clear()
+        self.n_cached = min(n, source.n_cached)
+        self.ctx.seq_cp(source.seq0, self.seq0, 0, self.n_cached)
+        return self.n_cached
+
     def forget(self) -> None:
         """A generation goes on without the draft: none of its cells will match what follows."""
         self.n_cached = 0

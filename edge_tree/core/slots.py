@@ -68,6 +68,8 @@ class Slots:
         mode = engine.check_mode(options.mode)
         tokens = engine.read_prompt(prompt, options, mode, on_header)
         slot = self._pick(tokens)
+        if options.cache_prompt:
+            self._adopt(slot, tokens)
         self._starts += 1
         self._started_at[slot] = self._starts
         run = Run(engine, self.lanes[slot], options, mode, on_text, on_step, should_stop, False)
@@ -90,6 +92,31 @@ class Slots:
 
         free = [slot for slot, run in enumerate(self.runs) if run is None]
         return max(free, key=lambda slot: (reuse(slot), -self._started_at[slot]))
+
+    def _held(self, slot: int) -> list[int]:
+        """The tokens whose cells lane `slot`'s target holds from position 0: its run's, or while
+        it is free its last generation's."""
+        run, lane = self.runs[slot], self.lanes[slot]
+        return (run.tokens if run else lane.context)[:lane.target.n_cached]
+
+    def _adopt(self, slot: int, tokens: list[int]) -> None:
+        """Start lane `slot` from the longest start of the prompt that another lane holds, busy or
+        free, where that beats what it holds itself: requests that share a system prompt, a
+        document or a conversation read it once (llama-server keeps such prompts in host memory
+        instead). The cells become shared by the two lanes' sequences: seq_cp, metadata only in a
+        unified cache; each lane's removals later drop only its own hold."""
+        def shared(lane: int) -> int:
+            return common_prefix(self._held(lane), tokens[:-1])
+
+        source = max(range(len(self.lanes)), key=shared)
+        n = shared(source)
+        if n <= shared(slot) or n < SIMILAR * len(tokens):  # as _pick: a shared BOS is not worth it
+            return
+        lane, giver = self.lanes[slot], self.lanes[source]
+        lane.context = self._held(source)[:n]
+        lane.target.adopt(giver.target, n)
+        if lane.model_drafter:
+            lane.model_drafter.adopt(giver.model_drafter, n)
 
     def step(self) -> list[tuple[int, GenerationResult | Exception]]:
         """One round for every active run: the trees of those generating and the next part of

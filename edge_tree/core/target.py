@@ -85,6 +85,15 @@ class TargetRunner:
         self.n_cached = kept
         return kept
 
+    def adopt(self, source: "TargetRunner", n: int) -> None:
+        """In place of this runner's cache, the first n committed cells of another's in the same
+        context (core/slots.py: another lane read that start of the prompt): its sequence joins
+        theirs, the cells are shared, not copied (a unified cache). Either side's removals later
+        drop only its own sequences' hold on them."""
+        self.reset()
+        self.ctx.seq_cp(source.share.first, self.share.first, 0, n)
+        self.n_cached = n
+
     def stage_prompt(self, tokens: Sequence[int], batch: Batch) -> None:
         """Add prompt tokens after the cached ones to a shared pass, without logits; they are
         cached once the pass ran (n_cached moves on now: nothing reads it in between)."""
