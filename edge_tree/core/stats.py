@@ -19,7 +19,7 @@ class RunStats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     prompt_s: float = 0.0
-    prompt_cached: int = 0  # prompt tokens whose cells the last generation left (not prefilled)
+    prompt_cached: int = 0  # prompt tokens whose cells the cache held (not prefilled)
     model_rounds: int = 0  # rounds the draft model drafted
     ready_rounds: int = 0  # ... starting from rows it decoded during the last target pass
     ahead_s: float = 0.0  # the draft's decodes during target passes
