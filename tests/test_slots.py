@@ -205,6 +205,21 @@ def test_a_prompt_another_lane_holds_is_read_once(alone, slots):
     assert_same_or_near_tie(alone, prompt, reference[:4], given.tokens)
 
 
+def test_a_greedy_first_token_comes_out_of_the_pass_that_reads_the_prompt(slots):
+    from edge_tree.core.options import GenOptions
+
+    slots.start(PROMPTS[0], GenOptions(max_tokens=MAX_TOKENS))
+    slots.step()
+    greedy = slots.runs[slots.start("A prompt that no lane has read", GenOptions(max_tokens=MAX_TOKENS))]
+    assert greedy.unread
+    passes = len(slots.decodes)
+    slots.step()  # one pass: the first run's round, the prompt, and the greedy run's first round
+    assert len(slots.decodes) == passes + 1
+    assert not greedy.unread and len(greedy.generated) == 1
+    while slots.busy:
+        slots.step()
+
+
 def test_a_long_prompt_is_read_in_parts_while_the_others_go_on(alone, tiny_target, tiny_draft_same):
     from edge_tree.core.options import GenOptions
 

@@ -209,6 +209,15 @@ class Run:
         drafter = self.lane.model_drafter
         return run_calls(self.proposing(beside), drafter.decode_alone if drafter else None)
 
+    def first_root(self) -> Proposal | None:
+        """For a run whose prompt's end is read in a pass beside others (core/slots.py): its first
+        round, to ride in the same pass right behind the prompt, as llama-server's first token
+        comes out of the prompt pass; only where that round is plain (greedy: the first token
+        goes out before the draft reads the prompt), else None and it waits for the next round."""
+        if not (self._first_token_first and not self.generated):
+            return None
+        return run_calls(self.proposing(), None)
+
     def proposing(self, beside: Beside = ALONE) -> Generator[DraftCall, tuple[int, float], Proposal | None]:
         """propose() as a generator of the draft calls it needs, for a caller that decodes them
         beside other runs' (core/slots.py) and sends back (first batch index, this call's

@@ -140,7 +140,7 @@ class Slots:
         try:
             self._pass(proposals, reading)
         except Exception as error:  # noqa: BLE001  the pass failed: every run in it did
-            return ended + [self._end(slot, error) for slot in [*proposals, *reading]]
+            return ended + [self._end(slot, error) for slot in dict.fromkeys([*proposals, *reading])]
         return ended + [self._end(slot) for slot in proposals if self.runs[slot].stop]
 
     def _draft(self, steps: dict[int, Generator]) -> dict[int, Proposal | None | Exception]:
@@ -194,6 +194,11 @@ class Slots:
             run = self.runs[slot]
             parts[slot] = run.unread[:batch.capacity - batch.n_tokens]
             run.lane.target.stage_prompt(parts[slot], batch)
+            if len(parts[slot]) == len(run.unread) and batch.n_tokens < batch.capacity:
+                first = run.first_root()  # the first round right behind the prompt's end
+                if first:
+                    proposals[slot] = first
+                    starts[slot] = run.lane.target.stage(first.tree, batch)
         ctx = self.engine.models.target_ctx
         before = ctx.decode_s
         ctx.decode(batch)
