@@ -27,7 +27,7 @@ from edge_tree import Engine, EdgeTreeError
 from edge_tree.llamacpp import llama
 from edge_tree.cli import Interrupt, main
 from edge_tree.core.options import GenOptions
-from edge_tree.core.plan import Beside, TreeShape
+from edge_tree.core.plan import PLAIN_SHARE, TreeShape
 from edge_tree.core.slots import Slots
 from edge_tree.llamacpp.modelfile import check_gguf
 from edge_tree.viz.jsonl import read_trace
@@ -139,7 +139,7 @@ class RandomPlans:
 
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
-        self.share = Beside(1.0, 0.0, 1, 1)
+        self.share = PLAIN_SHARE
 
     def plan(self, mode, caps, beside=None) -> TreeShape:
         r = self.rng

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from edge_tree import Engine
+from edge_tree.core.plan import PLAIN_SHARE
 from edge_tree.core.slots import Slots
 from edge_tree.core.tree import common_prefix
 
@@ -216,6 +217,7 @@ def test_a_greedy_first_token_comes_out_of_the_pass_that_reads_the_prompt(slots)
     slots.step()  # one pass: the first run's round, the prompt, and the greedy run's first round
     assert len(slots.decodes) == passes + 1
     assert not greedy.unread and len(greedy.generated) == 1
+    assert greedy.policy.share == PLAIN_SHARE  # unplanned: the others saw a plain round beside theirs
     while slots.busy:
         slots.step()
 

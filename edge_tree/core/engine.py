@@ -226,9 +226,10 @@ class Run:
         if self.stop:
             return None
         started = time.perf_counter()
-        shape = self._shape(len(self.tokens), beside)
         if self._first_token_first and not self.generated:
             shape = PLAIN  # the draft has not read the prompt: the first token goes out first
+        else:  # (the policy not asked: its share, what it tells the others, stays a plain round's)
+            shape = self._shape(len(self.tokens), beside)
         draft_s = 0.0
         if self.drafter and shape.capacity:
             request = DraftRequest(self.tokens, shape, self.params, self.rng)

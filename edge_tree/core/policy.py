@@ -11,7 +11,7 @@ import numpy as np
 from ..records import walked
 from .costs import CostModel
 from .options import MAX_TREE_NODES
-from .plan import ALONE, GUESS_LEN, PLAIN, Beside, RoundOutcome, TreeShape, prob_bin
+from .plan import ALONE, GUESS_LEN, PLAIN, PLAIN_SHARE, Beside, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
@@ -71,7 +71,7 @@ class FixedPolicy:
 
     def __init__(self, base: TreeShape = DEFAULT_TREE):
         self.base = base
-        self.share = Beside(1.0, 0.0, 1, 1)
+        self.reset()
 
     def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape:
         shape = fixed_plan(mode, caps) or self._tree(caps)
@@ -91,7 +91,7 @@ class FixedPolicy:
         pass
 
     def reset(self, learn_costs: bool = True) -> None:
-        pass
+        self.share = PLAIN_SHARE  # a new generation's first round may be plain, unplanned
 
 
 def visited_children(tree, verdict, source: int = DRAFT):
@@ -339,7 +339,7 @@ class AdaptivePolicy:
         self.learn_costs = learn_costs
         # by caps and the other generations in the round: (round planned, plan, tree to try, share)
         self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
-        self.share = Beside(1.0, 0.0, 1, 1)
+        self.share = PLAIN_SHARE
         self._rounds = 0
 
     @property

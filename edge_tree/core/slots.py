@@ -21,7 +21,7 @@ from .drafting import DraftCall, Proposal
 from .engine import Engine, GenerationResult, Run
 from .model_drafter import call_batch, decode_calls
 from .options import GenOptions
-from .plan import Beside
+from .plan import PLAIN_SHARE, Beside
 from .tree import common_prefix
 
 
@@ -124,7 +124,9 @@ class Slots:
         it: (slot, result), or (slot, error) for a run that failed; their lanes are free again."""
         ended: list[tuple[int, GenerationResult | Exception]] = []
         shares = {slot: run.policy.share for slot, run in enumerate(self.runs) if run and not run.unread}
-        everyone = sum(shares.values(), Beside())
+        # runs still reading their prompt are in the pass too: the others plan as beside plain runs
+        readers = [PLAIN_SHARE for run in self.runs if run and run.unread]
+        everyone = sum([*shares.values(), *readers], Beside())
         proposals = {}
         for slot, outcome in self._draft({slot: self.runs[slot].proposing(everyone - shares[slot])
                                           for slot in shares}).items():
