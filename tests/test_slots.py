@@ -206,6 +206,25 @@ def test_a_prompt_another_lane_holds_is_read_once(alone, slots):
     assert_same_or_near_tie(alone, prompt, reference[:4], given.tokens)
 
 
+def test_requests_that_arrive_together_with_one_system_prompt_read_it_once(alone, slots):
+    from edge_tree.core.options import GenOptions
+
+    system = "Answer as a ship's cook would. " + " ".join(PROMPTS)
+    asked = {key: system + question for key, question in (("a", " What is for dinner?"), ("b", " And then?"))}
+    started = {key: slots.start(prompt, GenOptions(max_tokens=MAX_TOKENS)) for key, prompt in asked.items()}
+    tokens = {key: slots.runs[slot].tokens for key, slot in started.items()}
+    shared = common_prefix(tokens["a"][:-1], tokens["b"][:-1])
+    assert shared > len(tokens["b"]) / 2
+    ended = {}
+    while slots.busy:
+        ended.update(slots.step())
+    assert ended[started["a"]].stats["prompt_cached"] <= 1  # its lane's BOS at most: it reads the rest
+    assert ended[started["b"]].stats["prompt_cached"] == shared  # read once, by the first
+    for key, slot in started.items():
+        reference = alone.generate(asked[key], max_tokens=MAX_TOKENS, mode="ar").tokens
+        assert_same_or_near_tie(alone, asked[key], reference, ended[slot].tokens)
+
+
 def test_a_greedy_first_token_comes_out_of_the_pass_that_reads_the_prompt(slots):
     from edge_tree.core.options import GenOptions
 

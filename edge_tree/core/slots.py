@@ -118,6 +118,24 @@ class Slots:
         if lane.model_drafter:
             lane.model_drafter.adopt(giver.model_drafter, n)
 
+    def _catch_up(self, slot: int) -> None:
+        """A run still reading its prompt takes a longer start of it that another lane read
+        meanwhile (_adopt), and reads only the rest."""
+        run = self.runs[slot]
+        held = run.lane.target.n_cached
+        self._adopt(slot, run.tokens)
+        if run.lane.target.n_cached > held:
+            run.stats.prompt_cached = run.lane.target.n_cached
+            run.unread = run.tokens[run.lane.target.n_cached:-1]
+
+    def _reads_first(self, reader: int, slot: int) -> bool:
+        """Whether run `slot` should wait while run `reader` reads the start of a prompt they
+        share (requests that arrive together with one system prompt or document), to take its
+        cells next pass (_catch_up) instead of reading that start too."""
+        tokens = self.runs[slot].tokens
+        shared = common_prefix(self.runs[reader].tokens[:-1], tokens[:-1])
+        return shared - self.lanes[slot].target.n_cached >= SIMILAR * len(tokens)
+
     def step(self) -> list[tuple[int, GenerationResult | Exception]]:
         """One round for every active run: the trees of those generating and the next part of
         the prompts of those reading theirs, in one target pass. Returns the runs that ended in
@@ -191,10 +209,13 @@ class Slots:
         batch = self._batch
         batch.clear()
         starts = {slot: self.runs[slot].lane.target.stage(p.tree, batch) for slot, p in proposals.items()}
-        parts = {}
-        for slot in reading:  # prompts fill the room the trees leave, in arrival order
+        for slot in reading:  # before any prompt is staged: a staged token has no cell yet
+            self._catch_up(slot)
+        parts: dict[int, list[int]] = {}
+        for slot in reading:  # prompts fill the room the trees leave, in slot order
             run = self.runs[slot]
-            parts[slot] = run.unread[:batch.capacity - batch.n_tokens]
+            waits = any(self._reads_first(other, slot) for other, part in parts.items() if part)
+            parts[slot] = [] if waits else run.unread[:batch.capacity - batch.n_tokens]
             run.lane.target.stage_prompt(parts[slot], batch)
             if len(parts[slot]) == len(run.unread) and batch.n_tokens < batch.capacity:
                 first = run.first_root()  # the first round right behind the prompt's end
