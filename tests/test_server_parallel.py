@@ -141,11 +141,14 @@ def test_a_chats_next_turn_prefills_only_its_new_tokens(server):
     first = api.chat.completions.create(model="target", messages=history, max_tokens=16)
     history += [{"role": "assistant", "content": first.choices[0].message.content},
                 {"role": "user", "content": "And roots?"}]
+    before = metrics(server)
     second = api.chat.completions.create(model="target", messages=history, max_tokens=16)
+    after = metrics(server)
     # the whole first turn, and its reply but for the last tokens (retokenised, or never cached)
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens > 150
     assert second.usage.prompt_tokens - cached < 16 + 30  # the reply and the new turn at most
+    assert after["edgetree_prompt_tokens_cached_total"] - before["edgetree_prompt_tokens_cached_total"] == cached
     fresh = api.chat.completions.create(model="target", messages=history, max_tokens=16,
                                         extra_body={"cache_prompt": False})
     assert fresh.usage.prompt_tokens_details.cached_tokens == 0

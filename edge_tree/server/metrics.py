@@ -24,6 +24,8 @@ def render(worker: Worker) -> str:
          counters.cancelled),
         ("requests_rejected_total", "counter", "Requests answered 429: the queue was full.", counters.rejected),
         ("prompt_tokens_total", "counter", "Prompt tokens of ended requests.", counters.prompt_tokens),
+        ("prompt_tokens_cached_total", "counter", "Prompt tokens of ended requests whose cells a slot "
+                                                  "already held: not read again.", counters.prompt_cached),
         ("tokens_generated_total", "counter", "Tokens generated for ended requests.", counters.tokens),
         ("tokens_drafted_total", "counter", "Tokens drafted for ended requests.", counters.drafted),
         ("tokens_accepted_total", "counter", "Drafted tokens the target accepted.", counters.accepted),

@@ -68,6 +68,7 @@ class Counters:
     cancelled: int = 0
     rejected: int = 0
     prompt_tokens: int = 0
+    prompt_cached: int = 0
     tokens: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -76,6 +77,7 @@ class Counters:
 
     def add(self, stats: dict) -> None:
         self.prompt_tokens += stats["prompt_tokens"]
+        self.prompt_cached += stats["prompt_cached"]
         self.tokens += stats["tokens"]
         self.drafted += stats["drafted"]
         self.accepted += stats["accepted"]
