@@ -206,6 +206,30 @@ def test_a_prompt_another_lane_holds_is_read_once(alone, slots):
     assert_same_or_near_tie(alone, prompt, reference[:4], given.tokens)
 
 
+def test_a_lane_takes_another_lanes_cells_only_where_they_are(side_by_side):
+    slots = Slots(side_by_side)
+    try:
+        run_all(slots, {0: (PROMPTS[3], {"max_tokens": 8})})
+        giver = max(slots.lanes, key=lambda lane: lane.target.n_cached)
+        taker = next(lane for lane in slots.lanes if lane is not giver)
+        held, drafted = giver.target.n_cached, giver.model_drafter.n_cached
+        assert held > 4 and drafted > 4
+        taker.target.adopt(giver.target, held)
+        taker.model_drafter.adopt(giver.model_drafter, held)
+        assert (taker.target.n_cached, taker.model_drafter.n_cached) == (held, min(held, drafted))
+        giver.target.share.clear()  # behind the runners' backs
+        giver.model_drafter.share.clear()
+        taker.target.share.clear()
+        taker.model_drafter.share.clear()
+        taker.target.adopt(giver.target, held)
+        taker.model_drafter.adopt(giver.model_drafter, held)
+        assert (taker.target.n_cached, taker.model_drafter.n_cached) == (0, 0)
+    finally:
+        for lane in slots.lanes:
+            lane.clear()
+        slots.close()
+
+
 def test_requests_that_arrive_together_with_one_system_prompt_read_it_once(alone, slots):
     from edge_tree.core.options import GenOptions
 

@@ -142,14 +142,16 @@ class DraftModelDrafter:
             self._feed_without_outputs(prompt[kept:-1])
         self.ctx.output_hidden(self.output is not None)
 
-    def adopt(self, source: "DraftModelDrafter", n: int) -> int:
+    def adopt(self, source: "DraftModelDrafter", n: int) -> None:
         """TargetRunner.adopt for the draft's cache: the first n committed cells of another
-        drafter's seq0 (as many as it holds); start() then keeps what the prompt shares with
-        them. Returns how many cells."""
+        drafter's seq0 (as many as it holds, and none if they are not there); start() then
+        keeps what the prompt shares with them."""
         self.share.clear()
-        self.n_cached = min(n, source.n_cached)
-        self.ctx.seq_cp(source.seq0, self.seq0, 0, self.n_cached)
-        return self.n_cached
+        n = min(n, source.n_cached)
+        self.ctx.seq_cp(source.seq0, self.seq0, 0, n)
+        self.n_cached = n if self.share.holds(self.seq0, n) else 0
+        if not self.n_cached:
+            self.share.clear()
 
     def forget(self) -> None:
         """A generation goes on without the draft: none of its cells will match what follows."""
