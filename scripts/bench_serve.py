@@ -18,7 +18,8 @@ plain and with `-md D` (its own speculative decoding), the same files, threads a
 slot (-c N x --ctx-size on each), both at their defaults otherwise (llama.cpp's weight repacking
 on). N streaming clients each send --per-client requests in turn (greedy, different prompts);
 aggregate decode tokens/s = the tokens each server counted / the wall time of the whole load,
-with p50/p99 time to first token. Then one chat client: a first turn over a --history-token
+with p50/p99 time to first token; --system T puts one text of ~T tokens before every prompt (an
+agent's parallel calls under one system prompt). Then one chat client: a first turn over a --history-token
 history, and the second turn over that history and the reply: time to first token of each.
 --json FILE keeps the figures.
 """
@@ -88,6 +89,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", help="many clients at once: counts, e.g. 1,2,4,8,16")
     ap.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
     ap.add_argument("--history", type=int, default=1500, help="tokens of the chat history (0: no chat test)")
+    ap.add_argument("--system", type=int, default=0,
+                    help="with --clients: every request begins with one text of about this many tokens "
+                         "(a system prompt that an agent's parallel calls share; 0: none)")
     ap.add_argument("--json", help="write the figures to this file")
     return ap.parse_args()
 
@@ -98,14 +102,17 @@ def clients_bench(args, target: str, draft: str, prompts: list[str]) -> None:
     if not args.llama_cpp:
         raise SystemExit("--clients compares with llama-server: pass --llama-cpp DIR")
     figures = {"target": target, "draft": draft, "threads": args.threads, "ctx_per_slot": args.ctx_size,
-               "max_tokens": args.max_tokens, "per_client": args.per_client, "rows": []}
+               "max_tokens": args.max_tokens, "per_client": args.per_client, "system_tokens": args.system,
+               "rows": []}
+    system = long_text(prompts, args.system) + "\n" if args.system else ""
+    asked = [system + prompt for prompt in prompts]
     for n in [int(count) for count in args.clients.split(",")]:
         for name, (command, library_dir) in server_commands(args, target, draft, n, args.ctx_size * n).items():
             server = Server(command, library_dir)
             with server as url:
                 completion(url, prompts[0], 8)  # warm-up
                 row = {"server": name, "clients": n,
-                       **many_clients(url, n, prompts, args.max_tokens, args.per_client),
+                       **many_clients(url, n, asked, args.max_tokens, args.per_client),
                        "peak_rss_mib": server.peak_rss_mib()}
             figures["rows"].append(row)
             print(f"{n:3d} clients  {name:18} {row['tokens_per_s']:8.2f} tok/s  ttft p50 "
@@ -183,15 +190,20 @@ def second_turn(url: str, prompts: list[str], history_tokens: int) -> dict:
     """A conversation over a long history (about history_tokens tokens, ~4 characters each),
     then its next turn (the history, the reply, a new question): the second should reuse the
     first's cache."""
-    history, k = "", 0
-    while len(history) < 4 * history_tokens:
-        history += prompts[k % len(prompts)] + " "
-        k += 1
-    prompt = history + "\nQuestion: what was that about?\nAnswer:"
+    prompt = long_text(prompts, history_tokens) + "\nQuestion: what was that about?\nAnswer:"
     first = completion(url, prompt, 32)
     second = completion(url, prompt + first["text"] + "\nQuestion: and then?\nAnswer:", 32)
     return {"first_ttft_s": round(first["ttft_s"], 4), "second_ttft_s": round(second["ttft_s"], 4),
             "ratio": round(second["ttft_s"] / first["ttft_s"], 4)}
+
+
+def long_text(prompts: list[str], tokens: int) -> str:
+    """About `tokens` tokens of text (~4 characters each): the prompts, one after another."""
+    text, k = "", 0
+    while len(text) < 4 * tokens:
+        text += prompts[k % len(prompts)] + " "
+        k += 1
+    return text
 
 
 def report_clients(figures: dict) -> None:
