@@ -1,7 +1,8 @@
 """`edge-tree serve --parallel N` as a real process on loopback, on tiny models: eight clients at
 once, each reply the target's own text (as alone); one target pass serving several requests; a
 client that leaves frees its slot, a queued one its place at once; a chat's next turn reuses the
-cache; --n-predict and --timeout; /metrics in Prometheus's text format; /health per slot."""
+cache, and calls at once under one system prompt read it once; --n-predict and --timeout;
+/metrics in Prometheus's text format; /health per slot."""
 
 from __future__ import annotations
 
@@ -153,6 +154,28 @@ def test_a_chats_next_turn_prefills_only_its_new_tokens(server):
                                         extra_body={"cache_prompt": False})
     assert fresh.usage.prompt_tokens_details.cached_tokens == 0
     assert fresh.choices[0].message.content == second.choices[0].message.content
+
+
+def test_parallel_calls_under_one_system_prompt_read_it_once(server):
+    """An agent's calls at once, one system prompt: it is read once, the replies unchanged."""
+    api = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0, timeout=120)
+    system = {"role": "system", "content": "You are a lighthouse keeper. " * 20}
+    questions = ["What do you see?", "Who comes by?", "When is the storm?", "Why the light?"]
+
+    def ask(question: str, **extra):
+        return api.chat.completions.create(model="target", max_tokens=8, messages=[
+            system, {"role": "user", "content": question}], **extra)
+
+    with ThreadPoolExecutor(len(questions)) as pool:
+        replies = list(pool.map(ask, questions))
+    prompt_tokens = min(reply.usage.prompt_tokens for reply in replies)
+    cached = sorted(reply.usage.prompt_tokens_details.cached_tokens for reply in replies)
+    assert prompt_tokens > 150
+    assert cached[0] < 10 and all(c > prompt_tokens / 2 for c in cached[1:])  # the first read it
+    for question, reply in zip(questions, replies):
+        alone = ask(question, extra_body={"cache_prompt": False})
+        assert alone.usage.prompt_tokens_details.cached_tokens == 0
+        assert reply.choices[0].message.content == alone.choices[0].message.content
 
 
 def test_a_client_that_leaves_frees_its_slot(single):

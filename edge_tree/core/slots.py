@@ -209,12 +209,13 @@ class Slots:
         batch = self._batch
         batch.clear()
         starts = {slot: self.runs[slot].lane.target.stage(p.tree, batch) for slot, p in proposals.items()}
-        for slot in reading:  # before any prompt is staged: a staged token has no cell yet
+        sharing = [slot for slot in reading if self.runs[slot].options.cache_prompt]
+        for slot in sharing:  # before any prompt is staged: a staged token has no cell yet
             self._catch_up(slot)
         parts: dict[int, list[int]] = {}
         for slot in reading:  # prompts fill the room the trees leave, in slot order
             run = self.runs[slot]
-            waits = any(self._reads_first(other, slot) for other, part in parts.items() if part)
+            waits = slot in sharing and any(self._reads_first(other, slot) for other, part in parts.items() if part)
             parts[slot] = [] if waits else run.unread[:batch.capacity - batch.n_tokens]
             run.lane.target.stage_prompt(parts[slot], batch)
             if len(parts[slot]) == len(run.unread) and batch.n_tokens < batch.capacity:
