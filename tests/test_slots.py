@@ -235,7 +235,9 @@ def test_requests_that_arrive_together_with_one_system_prompt_read_it_once(alone
 
     system = "Answer as a ship's cook would. " + " ".join(PROMPTS)
     asked = {key: system + question for key, question in (("a", " What is for dinner?"), ("b", " And then?"))}
+    slots._started_at = [1, 0] + [1] * (LANES - 2)  # lanes used longest ago: 1, then 0
     started = {key: slots.start(prompt, GenOptions(max_tokens=MAX_TOKENS)) for key, prompt in asked.items()}
+    assert started["b"] < started["a"]  # the first to arrive reads, wherever its lane is
     tokens = {key: slots.runs[slot].tokens for key, slot in started.items()}
     shared = common_prefix(tokens["a"][:-1], tokens["b"][:-1])
     assert shared > len(tokens["b"]) / 2

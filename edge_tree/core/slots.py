@@ -152,7 +152,8 @@ class Slots:
                 ended.append(self._end(slot, outcome))
             else:
                 proposals[slot] = outcome
-        reading = [slot for slot, run in enumerate(self.runs) if run and run.unread]
+        reading = sorted((slot for slot, run in enumerate(self.runs) if run and run.unread),
+                         key=self._started_at.__getitem__)  # in arrival order
         if not proposals and not reading:
             return ended
         self.passes += 1
@@ -213,7 +214,7 @@ class Slots:
         for slot in sharing:  # before any prompt is staged: a staged token has no cell yet
             self._catch_up(slot)
         parts: dict[int, list[int]] = {}
-        for slot in reading:  # prompts fill the room the trees leave, in slot order
+        for slot in reading:  # prompts fill the room the trees leave, in arrival order
             run = self.runs[slot]
             waits = slot in sharing and any(self._reads_first(other, slot) for other, part in parts.items() if part)
             parts[slot] = [] if waits else run.unread[:batch.capacity - batch.n_tokens]
