@@ -146,12 +146,7 @@ class DraftModelDrafter:
         """TargetRunner.adopt for the draft's cache: the first n committed cells of another
         drafter's seq0 (as many as it holds, and none if they are not there); start() then
         keeps what the prompt shares with them."""
-        self.share.clear()
-        n = min(n, source.n_cached)
-        self.ctx.seq_cp(source.seq0, self.seq0, 0, n)
-        self.n_cached = n if self.share.holds(self.seq0, n) else 0
-        if not self.n_cached:
-            self.share.clear()
+        self.n_cached = self.share.adopt(source.share, min(n, source.n_cached))
 
     def forget(self) -> None:
         """A generation goes on without the draft: none of its cells will match what follows."""

@@ -68,8 +68,8 @@ class Slots:
         mode = engine.check_mode(options.mode)
         tokens = engine.read_prompt(prompt, options, mode, on_header)
         slot = self._pick(tokens)
-        if options.cache_prompt:
-            self._adopt(slot, tokens)
+        if options.cache_prompt and (taken := self._adopt(slot, tokens)):
+            self.lanes[slot].context = taken  # what the run's prefill keeps (Run.begin)
         self._starts += 1
         self._started_at[slot] = self._starts
         run = Run(engine, self.lanes[slot], options, mode, on_text, on_step, should_stop, False)
@@ -99,24 +99,22 @@ class Slots:
         run, lane = self.runs[slot], self.lanes[slot]
         return (run.tokens if run else lane.context)[:lane.target.n_cached]
 
-    def _adopt(self, slot: int, tokens: list[int]) -> None:
+    def _adopt(self, slot: int, tokens: list[int]) -> list[int]:
         """Start lane `slot` from the longest start of the prompt that another lane holds, busy or
         free, where that beats what it holds itself: requests that share a system prompt, a
         document or a conversation read it once (llama-server keeps such prompts in host memory
-        instead). The cells become shared by the two lanes' sequences: seq_cp, metadata only in a
-        unified cache; each lane's removals later drop only its own hold."""
-        def shared(lane: int) -> int:
-            return common_prefix(self._held(lane), tokens[:-1])
-
-        source = max(range(len(self.lanes)), key=shared)
-        n = shared(source)
-        if n <= shared(slot) or n < SIMILAR * len(tokens):  # as _pick: a shared BOS is not worth it
-            return
+        instead). The cells become shared by the two lanes' sequences (Share.adopt). Returns the
+        tokens taken (none where it took none)."""
+        shared = {lane: common_prefix(self._held(lane), tokens[:-1]) for lane in range(len(self.lanes))}
+        source = max(shared, key=shared.get)
+        n = shared[source]
+        if n <= shared[slot] or n < SIMILAR * len(tokens):  # as _pick: a shared BOS is not worth it
+            return []
         lane, giver = self.lanes[slot], self.lanes[source]
-        lane.context = self._held(source)[:n]
         lane.target.adopt(giver.target, n)
         if lane.model_drafter:
             lane.model_drafter.adopt(giver.model_drafter, n)
+        return tokens[:lane.target.n_cached]
 
     def _catch_up(self, slot: int) -> None:
         """A run still reading its prompt takes a longer start of it that another lane read
@@ -124,7 +122,7 @@ class Slots:
         run = self.runs[slot]
         held = run.lane.target.n_cached
         self._adopt(slot, run.tokens)
-        if run.lane.target.n_cached > held:
+        if run.lane.target.n_cached != held:  # more; or none, where the cells were not all there
             run.stats.prompt_cached = run.lane.target.n_cached
             run.unread = run.tokens[run.lane.target.n_cached:-1]
 

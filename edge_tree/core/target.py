@@ -87,15 +87,9 @@ class TargetRunner:
 
     def adopt(self, source: "TargetRunner", n: int) -> None:
         """In place of this runner's cache, the first n committed cells of another's in the same
-        context (core/slots.py: another lane read that start of the prompt): its sequence joins
-        theirs, the cells are shared, not copied (a unified cache). Either side's removals later
-        drop only its own sequences' hold on them. Holds nothing if those cells are not there."""
-        self.reset()
-        self.ctx.seq_cp(source.share.first, self.share.first, 0, n)
-        if self.share.holds(self.share.first, n):  # as keep() checks: not a cache cleared behind our back
-            self.n_cached = n
-        else:
-            self.reset()
+        context (core/slots.py: another lane read that start of the prompt); none if they are
+        not all there (Share.adopt)."""
+        self.n_cached = self.share.adopt(source.share, n)
 
     def stage_prompt(self, tokens: Sequence[int], batch: Batch) -> None:
         """Add prompt tokens after the cached ones to a shared pass, without logits; they are

@@ -26,6 +26,18 @@ class Share:
         owner left it (a cache cleared behind its back holds nothing)."""
         return self.ctx.seq_pos_min(seq) == 0 and self.ctx.seq_pos_max(seq) == n - 1
 
+    def adopt(self, source: "Share", n: int) -> int:
+        """In place of all this share holds, the first n cells of `source`'s first sequence (another
+        generation in the same context read them): this share's first sequence joins theirs, the
+        cells shared, not copied (seq_cp, metadata in a unified cache); either side's removals
+        later drop only its own hold. Returns n, or 0 where those cells are not all there."""
+        self.clear()
+        self.ctx.seq_cp(source.first, self.first, 0, n)
+        if self.holds(self.first, n):
+            return n
+        self.clear()
+        return 0
+
     def clear(self) -> None:
         if self.whole:
             self.ctx.clear()
