@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edge_tree.core.costs import CostModel
+from edge_tree.core.costs import LEARNING_RATE, CostModel
 from edge_tree.core.policy import (AdaptivePolicy, Caps, RankAcceptance, best_shape, chain_shape,
-                                   grow_levels, round_rate, shape_rate, shape_share)
+                                   grow_levels, round_rate, shape_rate, shape_share, Taught)
 from edge_tree.core.plan import Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
@@ -340,3 +340,56 @@ def test_a_pessimistic_start_is_tried_until_the_rounds_say_otherwise():
             assert len(late) == last  # every late round drafts
         else:
             assert not late  # no late round tries any more
+
+
+@pytest.mark.parametrize("matched, drafts_at_the_end", [(0, True), (None, False)], ids=["right", "never right"])
+def test_slots_never_alone_learn_the_draft_together(matched, drafts_at_the_end):
+    """Two slots side by side that are never alone (serve --parallel under load) share what they
+    learn (one Taught per engine) and take turns trying the draft beside each other: one try in
+    EXPLORE_EVERY passes, whichever slot's. A draft the target always follows is then drafted
+    with by both; one it never follows stops being tried. (Each slot used to try only while alone,
+    and learned nothing under load: it planned with the prior for good.)"""
+    cost = CostModel(CPU.verify_points, CPU.draft_points, host_per_node=0.0004)
+    beside = Beside(1.0, 0.0, 1, 1)  # the other slot, as a plain round
+    prior = np.round(RankAcceptance().pi(), 2)
+    best = best_shape(Caps(), prior, cost, beside)
+    assert shape_rate(best, prior, cost, beside) < 2 / cost.plain_s(beside)  # beside it, plain wins
+    plain_round = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
+                               cost.verify_s(1), cost.verify_s(1), (cost.verify_s(1), 0.0))
+    taught = Taught(replace(cost))
+    slots = [AdaptivePolicy(cost, taught) for _ in range(2)]
+    for policy in slots:
+        policy.reset()
+    assert slots[0].acceptance is slots[1].acceptance
+    passes = 16 * AdaptivePolicy.EXPLORE_EVERY
+    tried: list[tuple[int, int]] = []
+    for p in range(passes):
+        for k, policy in enumerate(slots):
+            if policy.plan("tree", Caps(), beside).use_model:
+                tried.append((p, k))
+                policy.observe(outcome(*chain_round(matched), cost))
+            else:
+                policy.observe(plain_round)
+    early = [p for p, _ in tried if p < 4 * AdaptivePolicy.EXPLORE_EVERY]
+    assert early[0] == 0 and len(early) >= 2  # tried beside the other from the start
+    if drafts_at_the_end:
+        assert {k for _, k in tried} == {0, 1}
+        late = [entry for entry in tried if entry[0] >= passes - 8]
+        assert len(late) == 2 * 8  # both slots draft in every late pass
+    else:
+        assert all(b - a >= AdaptivePolicy.EXPLORE_EVERY for a, b in zip(early, early[1:]))  # spaced
+        assert not [p for p, _ in tried if p >= passes // 2]  # and then no more
+
+
+def test_a_shared_pass_teaches_the_targets_curve_at_its_size():
+    """A tree verified in a pass with other slots' work measures its share of the pass by tokens:
+    the pass as a whole corrects the target's curve at the pass's size. The draft's decodes and
+    the host's time of such a round were shared too: they teach nothing."""
+    cost = replace(CPU)
+    tree, verdict = chain_round(0)
+    pass_tokens, slower = 32, 2.0  # the pass took twice what the calibration says
+    share_s = slower * CPU.verify_s(pass_tokens) * tree.n / pass_tokens
+    cost.learn(RoundOutcome(tree, verdict, TreeShape(), (1,), 0.5, share_s, 1.0, (share_s, 0.5),
+                            pass_tokens=pass_tokens))
+    assert cost.verify_scale == pytest.approx(1 + LEARNING_RATE * (slower - 1))
+    assert (cost.draft_relative, cost.host_per_round, cost.host_per_call) == (1.0, 0.0, 0.0)

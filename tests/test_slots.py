@@ -305,3 +305,14 @@ def test_each_request_counts_its_part_of_a_shared_pass(slots):
     # each part rounded to 0.1 ms in the stats
     assert 0 < counted <= spent * 1.001 + 0.00005 * len(results)
     assert counted > 0.5 * spent
+
+
+def test_the_slots_learn_the_draft_together(tiny_target, tiny_draft_same):
+    """One engine's slots share one target and one draft: what one slot's rounds teach about the
+    draft and the costs, every slot plans with (policy.Taught). A sampled request plans apart,
+    from the prior and the calibrated costs (its text depends on its seed alone)."""
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=1024, lanes=2) as engine:
+        first, second = (lane.policy for lane in engine.models.lanes)
+        assert first.learned is second.learned and first.cost is second.cost
+        second.reset(learn_costs=False)
+        assert second.learned is not first.learned and second.cost is not first.cost

@@ -99,8 +99,15 @@ class CostModel:
         return self.round_s((), 0, beside)
 
     def learn(self, outcome: RoundOutcome) -> None:
-        """Move the corrections towards what this round measured."""
+        """Move the corrections towards what this round measured. A pass shared with other
+        generations' work teaches the target's curve at the pass's size (this tree's part of it
+        is its share by tokens); its draft decodes and host time were shared too, and are left."""
         target_s, draft_s = outcome.decode
+        if outcome.pass_tokens:
+            pass_s = target_s * outcome.pass_tokens / outcome.tree.n
+            calibrated = self._verify[min(outcome.pass_tokens, len(self._verify) - 1)]
+            self.verify_scale = _toward(self.verify_scale, pass_s / calibrated)
+            return
         self.verify_scale = _toward(self.verify_scale, target_s / self._verify[outcome.tree.n])
         if outcome.draft_sizes:
             predicted = sum(self._draft[min(n, len(self._draft) - 1)] for n in outcome.draft_sizes)

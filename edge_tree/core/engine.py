@@ -263,11 +263,11 @@ class Run:
         self.conclude(proposal, logits_of, target_s, ahead_s)
 
     def conclude(self, proposal: Proposal, logits_of, target_s: float, ahead_s: float = 0.0,
-                 shared: bool = False) -> None:
+                 pass_tokens: int = 0) -> None:
         """The second half: verify the target pass's logits for this tree, commit both caches,
         learn, and stream the new tokens. target_s: the pass's seconds (this tree's part of a
-        shared one); ahead_s: the draft's decodes beside it; shared: the pass carried other
-        runs' trees or prompts too."""
+        shared one); ahead_s: the draft's decodes beside it; pass_tokens: all the tokens of a
+        pass that carried other runs' trees or prompts too."""
         started, shape, drafted, draft_s = self._round_start
         tree = proposal.tree
         verdict = verify(tree, logits_of, self.params, self.rng, proposal.draft_probs,
@@ -281,7 +281,7 @@ class Run:
         outcome = RoundOutcome(tree, verdict, shape, proposal.draft_sizes, draft_s=drafted - started,
                                verify_s=verified - drafted, round_s=time.perf_counter() - started,
                                decode=(target_s, draft_s), ready_rows=proposal.ready_rows,
-                               ahead_s=ahead_s, shared_pass=shared)
+                               ahead_s=ahead_s, pass_tokens=pass_tokens)
         self.policy.observe(outcome)
         self.stats.add_round(outcome)
         if self.keep_steps or self.on_step:

@@ -7,6 +7,7 @@ reverse order, also when loading fails halfway.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from ..files import cache_dir
@@ -23,7 +24,7 @@ from .lanes import Lane
 from .model_drafter import DraftModelDrafter
 from .options import LoadOptions
 from .costs import CostModel
-from .policy import AdaptivePolicy, FixedPolicy, Policy, smaller_vocabulary_pays
+from .policy import AdaptivePolicy, FixedPolicy, Policy, Taught, smaller_vocabulary_pays
 from .target import TargetRunner
 
 # Every leaf of a tree is a sequence of llama.cpp's KV cache, and a context keeps a row of logits
@@ -84,12 +85,20 @@ class LoadedModels:
         if self.draft_model:
             self.draft_ctx = self._keep(llama.Context(self.draft_model, n_ctx, n_seq, threads=threads,
                                                       embed=reduced and reduced.embed))
-        costs = self._costs(options.policy)
-        self.lanes = [self._keep(self._lane(k, lanes, options, costs)) for k in range(lanes)]
+        self.lanes = [self._keep(self._lane(k, lanes, options, policy))
+                      for k, policy in enumerate(self._policies(options.policy, lanes))]
         # the draft decodes during the target's passes
         self.works_ahead = lanes == 1 and self._can_work_ahead(options)
 
-    def _lane(self, k: int, lanes: int, options: LoadOptions, costs: CostModel | None) -> Lane:
+    def _policies(self, policy: str, lanes: int) -> list[Policy]:
+        """A policy per lane; adaptive ones learn together (one target, one draft: Taught)."""
+        costs = self._costs(policy)
+        if costs is None:
+            return [FixedPolicy() for _ in range(lanes)]
+        taught = Taught(replace(costs))
+        return [AdaptivePolicy(costs, taught) for _ in range(lanes)]
+
+    def _lane(self, k: int, lanes: int, options: LoadOptions, policy: Policy) -> Lane:
         """The k-th of `lanes` equal shares of both contexts, with its drafters and policy."""
         count = self.target_ctx.n_seq_max // lanes
         cells = self.target_ctx.n_ctx // lanes
@@ -100,7 +109,7 @@ class LoadedModels:
             drafter = DraftModelDrafter(Share(self.draft_ctx, k * count, count, cells),
                                         options.draft_children, reduced and reduced.ids,
                                         reduced and reduced.full_vocab, reduced and reduced.output)
-        return Lane(target, drafter, AdaptivePolicy(costs) if costs else FixedPolicy())
+        return Lane(target, drafter, policy)
 
     # the lone lane's parts, for one generation at a time
     @property

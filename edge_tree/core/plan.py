@@ -70,9 +70,10 @@ class Beside:
                       self.runs - other.runs, self.drafting - other.drafting)
 
     def rounded(self) -> "Beside":
-        """Coarse (a tenth of a token, a millisecond, eight nodes): plans are remembered by it."""
-        return Beside(round(self.tokens, 1), round(self.seconds, 3), 8 * round(self.nodes / 8), self.runs,
-                      self.drafting)
+        """Coarse (a tenth of a token, a millisecond, eight nodes past the first eight): plans are
+        remembered by it. (A plain slot's node beside a plan is not rounded away.)"""
+        nodes = self.nodes if self.nodes < 8 else 8 * round(self.nodes / 8)
+        return Beside(round(self.tokens, 1), round(self.seconds, 3), nodes, self.runs, self.drafting)
 
 
 ALONE = Beside()
@@ -104,7 +105,7 @@ class RoundOutcome:
     decode: tuple[float, float]  # seconds inside llama_decode: (target, draft), this round's own
     ready_rows: int = 0  # draft rows this round took from the last target pass, for no call
     ahead_s: float = 0.0  # draft decodes during this round's target pass, for the next round
-    shared_pass: bool = False  # the target's pass verified other generations' trees too
+    pass_tokens: int = 0  # a pass shared with other generations' work: all its tokens (0: its own)
 
     @property
     def draft_calls(self) -> int:

@@ -304,11 +304,25 @@ EXPAND_SLACK = 0.6
 
 @dataclass
 class Learned:
-    """Acceptance learned online: by sibling rank, by draft probability, of guesses."""
+    """Acceptance learned online: by sibling rank, by draft probability, of guesses; and the
+    rounds it was learned from, to space the draft's tries (AdaptivePolicy.plan)."""
 
     acceptance: RankAcceptance = field(default_factory=RankAcceptance)
     calibration: ProbCalibration = field(default_factory=ProbCalibration)
     guesses: GuessAcceptance = field(default_factory=GuessAcceptance)
+    rounds: int = 0
+    tried_at: int | None = None  # the round of the last try
+
+
+@dataclass
+class Taught:
+    """What greedy generations taught about a model pair on this machine: the costs as their
+    rounds corrected them, and the draft's acceptance. One per engine, shared by its lanes (one
+    target, one draft): what any slot learns, every slot plans with."""
+
+    cost: CostModel
+    learned: Learned = field(default_factory=Learned)
+    searched: dict = field(default_factory=dict)  # best_shape's answers (_best_shape)
 
 
 class AdaptivePolicy:
@@ -319,13 +333,11 @@ class AdaptivePolicy:
     (draft confidence, calibrated online). The user's caps bound everything."""
 
     REPLAN_EVERY = 8  # rounds between searches: acceptance statistics move slowly
-    EXPLORE_EVERY = 32  # plain rounds between tries of the draft, while it may still beat them
+    EXPLORE_EVERY = 32  # target passes between tries of the draft, while it may still beat plain rounds
 
-    def __init__(self, cost: CostModel):
+    def __init__(self, cost: CostModel, taught: Taught | None = None):
         self._calibrated = cost  # as measured, never corrected
-        self._corrected = replace(cost)  # what greedy generations' rounds taught about the costs
-        self._searched: dict[tuple, TreeShape] = {}
-        self._learned = Learned()  # what greedy generations taught about this draft
+        self._taught = taught or Taught(replace(cost))
         self.reset()
 
     def reset(self, learn_costs: bool = True) -> None:
@@ -334,8 +346,8 @@ class AdaptivePolicy:
         for a generation whose text must depend on its seed alone (sampling: the tree's shape
         decides which random draws are made): it starts from the prior acceptance and plans with
         the costs as calibrated, unchanged by its rounds."""
-        self.cost = self._corrected if learn_costs else self._calibrated
-        self.learned = self._learned if learn_costs else Learned()
+        self.cost = self._taught.cost if learn_costs else self._calibrated
+        self.learned = self._taught.learned if learn_costs else Learned()
         self.learn_costs = learn_costs
         # by caps and the other generations in the round: (round planned, plan, tree to try, share)
         self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
@@ -368,11 +380,18 @@ class AdaptivePolicy:
         if last is None or self._rounds >= last + due:
             self._plans[key] = (self._rounds, *self._plan(caps, beside.rounded()))
         _, chosen, explore, self.share = self._plans[key]
-        # a try stalls the whole shared round: only a generation alone tries (what it learns
-        # about the draft serves the lane's later generations too)
-        if explore is not None and not beside.runs and self._rounds % self.EXPLORE_EVERY == 0:
+        # a try stalls the whole shared round: one in EXPLORE_EVERY target passes, whichever
+        # slot's (what it learns about the draft serves every slot)
+        if explore is not None and self._try_due(beside.runs):
+            self.learned.tried_at = self.learned.rounds
             return explore
         return chosen
+
+    def _try_due(self, others: int) -> bool:
+        """Whether EXPLORE_EVERY passes went by since the last try: as many rounds per pass as
+        generations share it (the others count their rounds in the same Learned)."""
+        learned = self.learned
+        return learned.tried_at is None or learned.rounds >= learned.tried_at + self.EXPLORE_EVERY * (1 + others)
 
     def _plan(self, caps: Caps, beside: Beside) -> tuple[TreeShape, TreeShape | None, Beside]:
         """The plan to use, a tree to try now and then while plain decoding wins (_hope), and
@@ -399,11 +418,12 @@ class AdaptivePolicy:
         """best_shape, remembered: a search costs milliseconds, and every generation starts
         from the same prior on the same machine."""
         key = (caps, pi.tobytes(), self.cost.signature(), beside)
-        if key not in self._searched:
-            if len(self._searched) > 256:
-                self._searched.clear()
-            self._searched[key] = best_shape(caps, pi, self.cost, beside)
-        return self._searched[key]
+        searched = self._taught.searched
+        if key not in searched:
+            if len(searched) > 256:
+                searched.clear()
+            searched[key] = best_shape(caps, pi, self.cost, beside)
+        return searched[key]
 
     def _tree(self, shape: TreeShape, rate: float, caps: Caps, pi: np.ndarray) -> TreeShape:
         # The plan's depth is what an average stretch of text affords; confident stretches may go
@@ -419,7 +439,8 @@ class AdaptivePolicy:
 
     def observe(self, outcome: RoundOutcome) -> None:
         self._rounds += 1
-        if self.learn_costs and not outcome.shared_pass:  # a shared pass's time is not this tree's
+        self.learned.rounds += 1
+        if self.learn_costs:
             self.cost.learn(outcome)
         self.guesses.observe(outcome.tree, outcome.verdict)
         if outcome.model_drafted:  # the statistics below are about how the draft model ranks

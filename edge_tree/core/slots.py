@@ -235,7 +235,8 @@ class Slots:
         for slot, proposal in proposals.items():
             start = starts[slot]
             own_s = pass_s * proposal.tree.n / batch.n_tokens  # its part of the pass, by tokens
-            self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), own_s, shared=True)
+            self.runs[slot].conclude(proposal, lambda i, start=start: ctx.logits(start + i), own_s,
+                                     pass_tokens=batch.n_tokens)
 
     def _end(self, slot: int, error: Exception | None = None) -> tuple[int, GenerationResult | Exception]:
         run, self.runs[slot] = self.runs[slot], None
