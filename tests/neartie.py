@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_tree import Engine
+from edge_tree.core.chat import Prompt, prompt_tokens
 from edge_tree.llamacpp import llama
 
 PROMPTS = ["hello world", "The quick brown fox", "a", "Once upon a time, there", "1, 2, 3, 4,",
@@ -31,7 +32,7 @@ def assert_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], g
     assert gap < NEAR_TIE, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"
 
 
-def assert_text_same_or_near_tie(engine: Engine, prompt: str, reference: list[int], text: str,
+def assert_text_same_or_near_tie(engine: Engine, prompt: Prompt, reference: list[int], text: str,
                                  near_tie: float = NEAR_TIE):
     """As assert_same_or_near_tie, for a reply known by its text (a server's): it parts from the
     reference at the first token whose bytes it does not continue with."""
@@ -47,5 +48,5 @@ def assert_text_same_or_near_tie(engine: Engine, prompt: str, reference: list[in
             break
         done += piece
     assert split < len(reference), "the reply runs on past the reference"
-    gap = top2_gap(engine.target_ctx, model.tokenize(prompt) + reference[:split])
+    gap = top2_gap(engine.target_ctx, prompt_tokens(model, prompt) + reference[:split])
     assert gap < near_tie, f"diverged from plain decoding at token {split} where the top-2 gap is {gap}"

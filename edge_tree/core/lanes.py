@@ -52,8 +52,7 @@ class Lane:
         self.context = []
         self.target.reset()
         if self.model_drafter:
-            self.model_drafter.share.clear()
-            self.model_drafter.forget()
+            self.model_drafter.drop()
 
     def close(self) -> None:
         self.target.close()

@@ -152,6 +152,11 @@ class DraftModelDrafter:
         """A generation goes on without the draft: none of its cells will match what follows."""
         self.n_cached = 0
 
+    def drop(self) -> None:
+        """Hold nothing (the target's cache took a start the draft never read, or failed)."""
+        self.share.clear()
+        self.forget()
+
     def _feed_without_outputs(self, run: list[int]) -> None:
         """Committed tokens into seq0, no logits or hidden states (while those are on, llama.cpp
         makes every token an output)."""

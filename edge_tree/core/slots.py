@@ -21,6 +21,7 @@ from .drafting import DraftCall, Proposal
 from .engine import Engine, GenerationResult, Run
 from .model_drafter import call_batch, decode_calls
 from .options import GenOptions
+from .prompt_cache import PromptCache
 from .plan import PLAIN_SHARE, Beside
 from .tree import common_prefix
 
@@ -29,8 +30,10 @@ SIMILAR = 0.1  # the share of a prompt a lane must hold to be picked for its cel
 
 
 class Slots:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, cache: PromptCache | None = None):
+        """cache: where a lane's cells go before a new request drops them (--cache-ram)."""
         self.engine = engine
+        self.cache = cache
         self.lanes = engine.models.lanes
         self.runs: list[Run | None] = [None] * len(self.lanes)
         ctx = engine.models.target_ctx
@@ -68,6 +71,7 @@ class Slots:
         mode = engine.check_mode(options.mode)
         tokens = engine.read_prompt(prompt, options, mode, on_header)
         slot = self._pick(tokens)
+        self._keep_in_memory(slot, tokens)
         if options.cache_prompt and (taken := self._adopt(slot, tokens)):
             self.lanes[slot].context = taken  # what the run's prefill keeps (Run.begin)
         self._starts += 1
@@ -101,20 +105,44 @@ class Slots:
 
     def _adopt(self, slot: int, tokens: list[int]) -> list[int]:
         """Start lane `slot` from the longest start of the prompt that another lane holds, busy or
-        free, where that beats what it holds itself: requests that share a system prompt, a
-        document or a conversation read it once (llama-server keeps such prompts in host memory
-        instead). The cells become shared by the two lanes' sequences (Share.adopt). Returns the
-        tokens taken (none where it took none)."""
+        free, or that the prompt cache kept, where that beats what it holds itself: requests
+        that share a system prompt, a document or a conversation read it once. Another lane's
+        cells become shared by the two lanes' sequences (Share.adopt); cached ones come back
+        into the target's cache, the draft reading its start again if a tree needs it (Share.
+        restore). Returns the tokens taken (none where it took none)."""
         shared = {lane: common_prefix(self._held(lane), tokens[:-1]) for lane in range(len(self.lanes))}
         source = max(shared, key=shared.get)
         n = shared[source]
-        if n <= shared[slot] or n < SIMILAR * len(tokens):  # as _pick: a shared BOS is not worth it
+        saved, m = self.cache.best(tokens[:-1]) if self.cache else (None, 0)
+        if saved and not self.lanes[slot].target.share.restorable(len(saved.tokens), m):
+            m = 0
+        if max(n, m) <= shared[slot] or max(n, m) < SIMILAR * len(tokens):  # as _pick: a BOS is not worth it
             return []
         lane, giver = self.lanes[slot], self.lanes[source]
-        lane.target.adopt(giver.target, n)
-        if lane.model_drafter:
-            lane.model_drafter.adopt(giver.model_drafter, n)
+        if m > n:
+            lane.target.restore(saved.state, len(saved.tokens), m)
+            if lane.model_drafter:
+                lane.model_drafter.drop()
+        else:
+            lane.target.adopt(giver.target, n)
+            if lane.model_drafter:
+                lane.model_drafter.adopt(giver.model_drafter, n)
         return tokens[:lane.target.n_cached]
+
+    def _keep_in_memory(self, slot: int, tokens: list[int]) -> None:
+        """Save what free lane `slot` holds in the prompt cache before the request it takes for
+        these tokens drops it, unless the request keeps nine tenths of it or more (the next turn
+        of a chat: each save copies every cell), another lane holds it too, or the cache has it."""
+        held = self._held(slot)
+        if not self.cache or not held or len(held) - common_prefix(held, tokens[:-1]) < SIMILAR * len(held):
+            return
+        if self.cache.holds(held):
+            return
+        if any(common_prefix(self._held(lane), held) == len(held) for lane in range(len(self.lanes)) if lane != slot):
+            return
+        target = self.lanes[slot].target
+        if target.share.holds(target.share.first, len(held)):  # (not a cache cleared behind its back)
+            self.cache.add(held, target.save())
 
     def _catch_up(self, slot: int) -> None:
         """A run still reading its prompt takes a longer start of it that another lane read

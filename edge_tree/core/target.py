@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..llamacpp.llama import Batch, Context
 from ..llamacpp.share import Share
 from .tree import TokenTree, branch_seq_ids, common_prefix
@@ -90,6 +92,15 @@ class TargetRunner:
         context (core/slots.py: another lane read that start of the prompt); none if they are
         not all there (Share.adopt)."""
         self.n_cached = self.share.adopt(source.share, n)
+
+    def save(self) -> np.ndarray:
+        """The committed cells, for restore() once they are gone (core/prompt_cache.py)."""
+        return self.share.save()
+
+    def restore(self, state: np.ndarray, saved: int, n: int) -> None:
+        """In place of this runner's cache, the first n of a save() of `saved` committed cells;
+        none where they cannot come back (Share.restore)."""
+        self.n_cached = self.share.restore(state, saved, n)
 
     def stage_prompt(self, tokens: Sequence[int], batch: Batch) -> None:
         """Add prompt tokens after the cached ones to a shared pass, without logits; they are

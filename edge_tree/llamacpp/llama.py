@@ -191,6 +191,7 @@ class Model(_Closes):
         self.eos = int(C.llama_vocab_eos(self._vocab))
         self.add_bos = bool(C.llama_vocab_get_add_bos(self._vocab))
         self.n_embd = int(C.llama_model_n_embd(self._ptr))
+        self.n_swa = int(C.llama_model_n_swa(self._ptr))  # sliding-window layers' window (0: none)
         self.vocab_type = int(C.llama_vocab_type(self._vocab))
 
     # -- metadata -------------------------------------------------------------------------
@@ -443,10 +444,30 @@ class Context(_Closes):
     def clear(self) -> None:
         C.llama_memory_clear(self._mem, True)
 
+    def seq_state(self, seq_id: int) -> np.ndarray:
+        """Sequence seq_id's cells as llama.cpp writes them (positions, keys, values), for
+        set_seq_state. A sliding-window cache writes only the cells its window still sees."""
+        size = C.llama_state_seq_get_size(self._ptr, seq_id)
+        state = np.empty(size, np.uint8)
+        written = C.llama_state_seq_get_data(self._ptr, _bytes(state), size, seq_id)
+        return state[:written]
+
+    def set_seq_state(self, state: np.ndarray, seq_id: int) -> bool:
+        """In place of what sequence seq_id holds, the cells of a seq_state from this context;
+        False where llama.cpp found no room for them (the sequence then holds nothing)."""
+        with captured_log():
+            read = C.llama_state_seq_set_data(self._ptr, _bytes(state), state.size, seq_id)
+        return read == state.size
+
     def close(self) -> None:
         if self._ptr and not self.model.lost:
             C.llama_free(self._ptr)
         self._ptr = None
+
+
+def _bytes(array: np.ndarray):
+    """A contiguous uint8 array as the uint8_t* llama.cpp's state calls take."""
+    return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 # llama_ftype values for the quantization types edge-tree offers (llama.h, enum llama_ftype).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import EdgeTreeError
 from .llama import Context
 
@@ -35,6 +37,29 @@ class Share:
         self.ctx.seq_cp(source.first, self.first, 0, n)
         if self.holds(self.first, n):
             return n
+        self.clear()
+        return 0
+
+    def save(self) -> np.ndarray:
+        """The cells of the share's first sequence, for restore() (a prompt kept in host memory
+        after its cells went: core/prompt_cache.py)."""
+        return self.ctx.seq_state(self.first)
+
+    def restorable(self, saved: int, n: int) -> bool:
+        """Whether restore() can give back the first n of `saved` cells: a sliding-window cache
+        saved only the cells its window saw from the last position, so a start shorter than
+        the whole needs the whole to have fit in the window."""
+        window = self.ctx.model.n_swa
+        return not (window and n < saved and saved > window)
+
+    def restore(self, state: np.ndarray, saved: int, n: int) -> int:
+        """In place of all this share holds, the first n cells of a save() of `saved` cells.
+        Returns n, or 0 where they are not restorable() or llama.cpp found no room."""
+        self.clear()
+        if self.restorable(saved, n) and self.ctx.set_seq_state(state, self.first):
+            self.ctx.seq_rm(self.first, n, -1)
+            if self.holds(self.first, n):
+                return n
         self.clear()
         return 0
 

@@ -17,6 +17,7 @@ from .listener import is_loopback, listen
 
 DEFAULT_MAX_BODY = 8 * 2**20  # bytes: far above any context's worth of text, far below harm
 MAX_SLOTS = 32  # each slot needs 8 of a context's 256 sequences at least
+DEFAULT_CACHE_RAM = 8192  # MiB, as llama-server's --cache-ram
 
 SERVE_EXAMPLES = """
 \b
@@ -53,11 +54,16 @@ Examples:
               help="Require 'Authorization: Bearer KEY' on every route but /health (401 otherwise).")
 @click.option("--max-body", type=int, default=DEFAULT_MAX_BODY, show_default=True,
               help="Largest request body in bytes; a larger one is answered 413 before it is read.")
+@click.option("-cram", "--cache-ram", type=int, default=DEFAULT_CACHE_RAM, show_default=True,
+              help="MiB of host memory for prompts whose cells a slot gave up for a new request: a "
+                   "later request that starts the same way takes them back instead of reading its "
+                   "start again (llama-server's option; -1: no limit, 0: none kept). Off with --rpc: "
+                   "saving would read the cells back from the hosts, beyond --rpc-timeout's watch.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Let web pages from ORIGIN (e.g. http://localhost:3000) call the server from a "
                    "browser; repeat for more. None by default.")
 def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_timeout, api_key, max_body,
-          cors_origins, **options):
+          cache_ram, cors_origins, **options):
     """Serve the target (with its draft) over OpenAI's API: /v1/completions, /v1/chat/completions,
     /v1/models, /health and /metrics, streaming or not, --parallel generations at a time.
 
@@ -76,6 +82,8 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_t
             raise UsageError("--timeout", f"must be at least 0, got {timeout}")
         if rpc_timeout < 0:
             raise UsageError("--rpc-timeout", f"must be at least 0, got {rpc_timeout}")
+        if cache_ram < -1:
+            raise UsageError("--cache-ram", f"must be -1 (no limit), 0 (none) or more MiB, got {cache_ram}")
         if max_body < 1:
             raise UsageError("--max-body", f"must be at least 1, got {max_body}")
         if api_key is not None and not api_key.strip():
@@ -94,5 +102,6 @@ def serve(host, port, trace_dir, parallel, queue_size, n_predict, timeout, rpc_t
             settings = Settings(queue_size, trace_dir, api_key, max_body, loopback, cors_origins,
                                 n_predict if n_predict > 0 else None, timeout or None,
                                 rpc_timeout or None,
-                                tuple(dict.fromkeys(load_options.rpc_hosts + load_options.rpc_draft_hosts)))
+                                tuple(dict.fromkeys(load_options.rpc_hosts + load_options.rpc_draft_hosts)),
+                                0 if load_options.rpc_hosts else cache_ram)
             run(lambda: Engine(options=load_options, progress=True, lanes=parallel), listener, settings)

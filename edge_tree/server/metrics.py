@@ -25,7 +25,8 @@ def render(worker: Worker) -> str:
         ("requests_rejected_total", "counter", "Requests answered 429: the queue was full.", counters.rejected),
         ("prompt_tokens_total", "counter", "Prompt tokens of ended requests.", counters.prompt_tokens),
         ("prompt_tokens_cached_total", "counter", "Prompt tokens of ended requests whose cells a slot "
-                                                  "already held: not read again.", counters.prompt_cached),
+                                                  "or the prompt cache already held: not read again.",
+         counters.prompt_cached),
         ("tokens_generated_total", "counter", "Tokens generated for ended requests.", counters.tokens),
         ("tokens_drafted_total", "counter", "Tokens drafted for ended requests.", counters.drafted),
         ("tokens_accepted_total", "counter", "Drafted tokens the target accepted.", counters.accepted),
@@ -42,6 +43,8 @@ def render(worker: Worker) -> str:
          counters.decode_s),
         ("acceptance_ratio", "gauge", "Accepted over drafted tokens so far.",
          counters.accepted / counters.drafted if counters.drafted else 0.0),
+        ("prompt_cache_bytes", "gauge", "Host memory holding prompts whose cells slots gave up (--cache-ram).",
+         worker.slots.cache.size if worker.slots and worker.slots.cache else 0),
         ("requests_waiting", "gauge", "Requests queued for a slot.", worker.waiting),
         ("slots_busy", "gauge", "Slots generating.", len(busy)),
         ("slots_total", "gauge", "Slots (--parallel).", len(states)),

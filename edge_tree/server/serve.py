@@ -46,12 +46,14 @@ class Settings:
     timeout: float | None  # the longest generation, seconds
     rpc_timeout: float | None  # the longest pass over RPC hosts, seconds
     hosts: tuple[str, ...]  # the RPC hosts of both models
+    cache_ram: int = 0  # MiB for prompts kept in host memory (-1: no limit, 0: none)
 
 
 def run(load: Callable[[], Engine], listener: socket.socket, settings: Settings) -> None:
     """Load the engine on its worker's thread, then serve until a signal; then the running
     generations end after their round, the waiting requests get 503, and this returns."""
-    worker = Worker(load, settings.queue_size, settings.trace_dir, settings.rpc_timeout, settings.hosts)
+    worker = Worker(load, settings.queue_size, settings.trace_dir, settings.rpc_timeout, settings.hosts,
+                    settings.cache_ram)
     worker.start()
     engine = worker.engine
     limits = Limits(engine.models.lanes[0].cells, settings.n_predict, settings.timeout)

@@ -24,6 +24,7 @@ from typing import Callable
 from ..core.chat import Prompt
 from ..core.engine import Engine, GenerationResult
 from ..core.options import GenOptions
+from ..core.prompt_cache import PromptCache
 from ..core.slots import Slots
 from ..errors import EdgeTreeError, HostStalled, TargetLost, error_line
 
@@ -92,10 +93,12 @@ class Worker:
     All of llama.cpp's work therefore happens on this one thread."""
 
     def __init__(self, load: Callable[[], Engine], queue_size: int, trace_dir: str | None = None,
-                 pass_deadline: float | None = None, hosts: tuple[str, ...] = ()):
+                 pass_deadline: float | None = None, hosts: tuple[str, ...] = (), cache_ram: int = 0):
         """pass_deadline: seconds a round's pass over the RPC hosts may take before its requests
-        fail (None: no limit); hosts: those hosts, as the errors name them."""
+        fail (None: no limit); hosts: those hosts, as the errors name them; cache_ram: MiB of
+        host memory for prompts whose cells left the cache (-1: no limit, 0: none kept)."""
         self._load = load
+        self.cache_ram = cache_ram
         self.engine: Engine | None = None
         self.slots: Slots | None = None
         self._loaded = threading.Event()
@@ -125,7 +128,7 @@ class Worker:
     def _main(self) -> None:
         try:
             self.engine = self._load()
-            self.slots = Slots(self.engine)
+            self.slots = Slots(self.engine, PromptCache(self.cache_ram) if self.cache_ram else None)
         except BaseException as e:  # told to start(), which raises it on the caller's thread
             self._load_error = e
             return
