@@ -35,10 +35,7 @@ class Share:
         later drop only its own hold. Returns n, or 0 where those cells are not all there."""
         self.clear()
         self.ctx.seq_cp(source.first, self.first, 0, n)
-        if self.holds(self.first, n):
-            return n
-        self.clear()
-        return 0
+        return self._holding(n)
 
     def save(self) -> np.ndarray:
         """The cells of the share's first sequence, for restore() (a prompt kept in host memory
@@ -58,8 +55,15 @@ class Share:
         self.clear()
         if self.restorable(saved, n) and self.ctx.set_seq_state(state, self.first):
             self.ctx.seq_rm(self.first, n, -1)
-            if self.holds(self.first, n):
-                return n
+            return self._holding(n)
+        self.clear()  # (a failed read may leave what it got to)
+        return 0
+
+    def _holding(self, n: int) -> int:
+        """n where the first sequence now holds positions 0..n-1 and no more (what adopt and
+        restore put there); else 0, and the share holds nothing."""
+        if self.holds(self.first, n):
+            return n
         self.clear()
         return 0
 
