@@ -4,14 +4,13 @@ what an entry replaces, what the limit drops; and Share.restore's rule for windo
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from edge_tree import Engine
 from edge_tree.core.prompt_cache import MIB, PromptCache
 from edge_tree.core.slots import Slots
-from edge_tree.core.options import GenOptions
 
 from neartie import PROMPTS
+from slotload import run_all
 
 
 def state(mib: float) -> np.ndarray:
@@ -57,21 +56,13 @@ def test_a_prompt_whose_cells_a_lane_gave_up_is_taken_back(tiny_target, tiny_dra
         for cache, cached in ((PromptCache(), True), (None, False)):
             engine.models.lanes[0].clear()
             slots = Slots(engine, cache)
-            results = [run_one(slots, prompt) for prompt in (first_prompt, second_prompt, first_prompt)]
+            results = [run_all(slots, {0: (prompt, {"max_tokens": 12, "mode": "tree"})})[0]
+                       for prompt in (first_prompt, second_prompt, first_prompt)]
             slots.close()
             first, _, again = results
             assert first.stats["prompt_cached"] < first.stats["prompt_tokens"] - 1
             assert (again.stats["prompt_cached"] == again.stats["prompt_tokens"] - 1) == cached
             assert again.tokens == first.tokens
-
-
-def run_one(slots: Slots, prompt: str):
-    slots.start(prompt, GenOptions(max_tokens=12, mode="tree"))
-    while slots.busy:
-        for _, result in slots.step():
-            assert not isinstance(result, Exception), result
-            ended = result
-    return ended
 
 
 def test_a_windowed_cache_gives_back_a_shorter_start_only_where_its_window_held_it(tiny_target):

@@ -12,6 +12,7 @@ from edge_tree.core.slots import Slots
 from edge_tree.core.tree import common_prefix
 
 from neartie import PROMPTS, assert_same_or_near_tie
+from slotload import run_all
 
 LANES = 8
 MAX_TOKENS = 24
@@ -45,27 +46,6 @@ def _counting(ctx, monkeypatch) -> list[int]:
     decode = ctx.decode
     monkeypatch.setattr(ctx, "decode", lambda batch: (sizes.append(batch.n_tokens), decode(batch))[1])
     return sizes
-
-
-def run_all(slots: Slots, requests: dict[int, tuple[str, dict]], join_after: int = 0,
-            later: dict[int, tuple[str, dict]] | None = None) -> dict[int, object]:
-    """Start `requests` (key -> prompt, options), step; after join_after rounds start `later`
-    too; returns key -> result."""
-    from edge_tree.core.options import GenOptions
-
-    lane_of, results = {}, {}
-    for key, (prompt, options) in requests.items():
-        lane_of[slots.start(prompt, GenOptions(**options))] = key
-    rounds = 0
-    while slots.busy:
-        for lane, outcome in slots.step():
-            assert not isinstance(outcome, Exception), outcome
-            results[lane_of.pop(lane)] = outcome
-        rounds += 1
-        if later and rounds == join_after:
-            for key, (prompt, options) in later.items():
-                lane_of[slots.start(prompt, GenOptions(**options))] = key
-    return results
 
 
 def test_eight_requests_side_by_side_each_equal_their_reply_alone(alone, slots):
