@@ -10,12 +10,19 @@ class StopText:
     def __init__(self, stop: tuple[str, ...] = ()):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stop = tuple(stop)
-        self.text = ""  # what was handed out: the output, without any stop string
+        self._out: list[str] = []  # what was handed out, joined once in `text`
         self._held = ""
+
+    @property
+    def text(self) -> str:
+        """What was handed out: the output, without any stop string."""
+        return "".join(self._out)
 
     def push(self, piece: bytes) -> tuple[str, bool]:
         """Add a token's bytes. Returns the text they release (may be '') and whether a stop
         string is now complete (the text before it is released, the rest dropped)."""
+        if not self.stop:  # nothing is ever held back
+            return self._release(self._decoder.decode(piece)), False
         held = self._held + self._decoder.decode(piece)
         cut = min((i for i in (held.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
@@ -36,7 +43,7 @@ class StopText:
                     if text.endswith(s[:k])), default=0)
 
     def _release(self, text: str) -> str:
-        self.text += text
+        self._out.append(text)
         return text
 
 

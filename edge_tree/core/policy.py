@@ -338,6 +338,7 @@ class AdaptivePolicy:
     def __init__(self, cost: CostModel, taught: Taught | None = None):
         self._calibrated = cost  # as measured, never corrected
         self._taught = taught or Taught(replace(cost))
+        self.learn_costs = False  # no generation yet: the first plans afresh
         self.reset()
 
     def reset(self, learn_costs: bool = True) -> None:
@@ -346,13 +347,17 @@ class AdaptivePolicy:
         for a generation whose text must depend on its seed alone (sampling: the tree's shape
         decides which random draws are made): it starts from the prior acceptance and plans with
         the costs as calibrated, unchanged by its rounds."""
+        if not (learn_costs and self.learn_costs):
+            # by caps and the other generations in the round: (round planned, plan, tree to try,
+            # share). A greedy generation goes on with the plans of the greedy one before (a
+            # search costs a millisecond, and five in a short generation's first rounds showed in
+            # its host time); a sampled one plans afresh, and so does the greedy one after it.
+            self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
+            self._rounds = 0
         self.cost = self._taught.cost if learn_costs else self._calibrated
         self.learned = self._taught.learned if learn_costs else Learned()
         self.learn_costs = learn_costs
-        # by caps and the other generations in the round: (round planned, plan, tree to try, share)
-        self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
         self.share = PLAIN_SHARE
-        self._rounds = 0
 
     @property
     def acceptance(self) -> RankAcceptance:
@@ -442,7 +447,8 @@ class AdaptivePolicy:
         self.learned.rounds += 1
         if self.learn_costs:
             self.cost.learn(outcome)
-        self.guesses.observe(outcome.tree, outcome.verdict)
+        if outcome.tree.n > 1:  # a plain round guessed nothing
+            self.guesses.observe(outcome.tree, outcome.verdict)
         if outcome.model_drafted:  # the statistics below are about how the draft model ranks
             self.acceptance.observe(outcome.tree, outcome.verdict)
             self.calibration.observe(outcome.tree, outcome.verdict)

@@ -36,15 +36,19 @@ class TokenTree:
     source: np.ndarray = field(init=False)
 
     def __post_init__(self):
+        # np.zeros and fill(), not np.full (pure Python in numpy): a plain round makes a tree a
+        # token, its host work cold after every decode streamed the weights
         size = self.capacity + 1
         self.token = np.zeros(size, np.int32)
-        self.parent = np.full(size, -1, np.int32)
+        self.parent = np.zeros(size, np.int32)
         self.depth = np.zeros(size, np.int32)
         self.rank = np.zeros(size, np.int32)
         self.logprob = np.zeros(size, np.float64)
         self.cum_logprob = np.zeros(size, np.float64)
-        self.status = np.full(size, DRAFTED, np.int8)
-        self.source = np.full(size, DRAFT, np.int8)
+        self.status = np.zeros(size, np.int8)
+        self.source = np.zeros(size, np.int8)  # DRAFT
+        self.parent.fill(-1)
+        self.status.fill(DRAFTED)
         self.token[0] = self.root_token
         self.status[0] = ROOT
 
@@ -90,6 +94,8 @@ class TokenTree:
 
     def children(self) -> list[list[int]]:
         """Children of every node, in sibling order (the order the verifier tries them)."""
+        if self.n == 1:
+            return [[]]
         kids: list[list[int]] = [[] for _ in range(self.n)]
         for i in range(1, self.n):
             kids[self.parent[i]].append(i)
@@ -116,6 +122,8 @@ class TokenTree:
         return path
 
     def leaves(self) -> list[int]:
+        if self.n == 1:
+            return [0]
         has_child = np.zeros(self.n, bool)
         has_child[self.parent[1 : self.n]] = True
         return [i for i in range(self.n) if not has_child[i]]

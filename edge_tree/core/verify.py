@@ -18,6 +18,8 @@ from .sampling import SamplingParams, distribution, log_normalizer, sample
 from .tree import TokenTree
 
 LogitsOf = Callable[[int], np.ndarray]
+_ROOT_ONLY_PROBS = np.full(1, np.nan)  # a plain round's verdict: the root has no p (read only)
+_ROOT_ONLY_PROBS.flags.writeable = False
 
 
 @dataclass
@@ -67,7 +69,8 @@ def _walk(tree: TokenTree, step) -> Verdict:
     """Descend from the root while the target takes a child. step(node, kids, target_prob) notes
     the target's probabilities of the children and returns (child taken or None, token)."""
     kids = tree.children()
-    target_prob = np.full(tree.n, np.nan)
+    target_prob = np.empty(tree.n)
+    target_prob.fill(np.nan)  # not np.full, pure Python in numpy: this runs once a token
     accepted: list[int] = []
     node = 0
     while True:
@@ -79,6 +82,9 @@ def _walk(tree: TokenTree, step) -> Verdict:
 
 
 def verify_greedy(tree: TokenTree, logits_of: LogitsOf, target_probs: bool = True) -> Verdict:
+    if tree.n == 1:  # plain decoding: the root's argmax, once a token (the walk below costs more)
+        return Verdict([], int(np.argmax(logits_of(0))), _ROOT_ONLY_PROBS)
+
     def step(node, kids, target_prob):
         logits = logits_of(node)
         best = int(np.argmax(logits))

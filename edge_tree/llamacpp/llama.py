@@ -90,6 +90,35 @@ class _ggml:
     set_abort_callback = _bind("ggml_set_abort_callback", _ptr, _ABORT_CALLBACK)
 
 
+# A row of a context's outputs by its address (llama_cpp's own bindings return a float pointer,
+# dearer to turn into an array; binding the name anew leaves theirs as they are).
+def _bind_address(name: str):
+    function = C.llama_cpp._lib[name]  # [] makes a new function object, attribute access shares one
+    function.restype, function.argtypes = _ptr, [_ptr, ctypes.c_int32]
+    return function
+
+
+_logits_at, _hidden_at = _bind_address("llama_get_logits_ith"), _bind_address("llama_get_embeddings_ith")
+
+
+class _Rows:
+    """Zero-copy float32 views of output rows, one per address llama.cpp has returned: a plain
+    round reads one row per token, and making its view costs more than the lookup. A view is only
+    ever handed out for an address llama.cpp just returned, so it lies inside the live buffer."""
+
+    def __init__(self, length: int):
+        self._type = ctypes.c_float * length
+        self._views: dict[int, np.ndarray] = {}
+
+    def at(self, address: int) -> np.ndarray:
+        view = self._views.get(address)
+        if view is None:
+            if len(self._views) >= 4096:  # the buffer moved (grew) often: forget the old rows
+                self._views.clear()
+            view = self._views[address] = np.frombuffer(self._type.from_address(address), np.float32)
+        return view
+
+
 _rpc_devices: dict[str, list[int]] = {}  # endpoint -> its devices; registration is process-wide
 
 
@@ -193,6 +222,10 @@ class Model(_Closes):
         self.n_embd = int(C.llama_model_n_embd(self._ptr))
         self.n_swa = int(C.llama_model_n_swa(self._ptr))  # sliding-window layers' window (0: none)
         self.vocab_type = int(C.llama_vocab_type(self._vocab))
+        # what a token decodes to never changes: a generation asks once a token, so ask llama.cpp
+        # once per distinct token (the dicts stay as small as the tokens seen)
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+        self._eog: dict[int, bool] = {}
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -242,6 +275,12 @@ class Model(_Closes):
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes a token adds to the text; may be part of a UTF-8 character."""
+        piece = self._pieces.get((token, special))
+        if piece is None:
+            piece = self._pieces[(token, special)] = self._piece(token, special)
+        return piece
+
+    def _piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -253,8 +292,15 @@ class Model(_Closes):
         """The token's entry in the vocabulary, as stored (used to compare vocabularies)."""
         return (C.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
 
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token of the vocabulary (a scan: is_eog's memo stays small)."""
+        return [t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self._vocab, t)]
+
     def is_eog(self, token: int) -> bool:
-        return bool(C.llama_vocab_is_eog(self._vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(C.llama_vocab_is_eog(self._vocab, token))
+        return eog
 
     # -- lifetime -------------------------------------------------------------------------
     @property
@@ -358,7 +404,7 @@ class Context(_Closes):
         self._hidden = False  # output_hidden: llama.cpp then makes every token an output
         self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
-        self._row_type = ctypes.c_float * model.n_vocab  # a row of logits, viewed without a copy
+        self._logit_rows, self._hidden_rows = _Rows(model.n_vocab), _Rows(model.n_embd)
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
 
@@ -407,10 +453,10 @@ class Context(_Closes):
 
     def logits(self, i: int) -> np.ndarray:
         """Zero-copy view of the logits of the batch's i-th token; valid until the next decode."""
-        ptr = C.llama_get_logits_ith(self._ptr, i)
-        if not ptr:
+        address = _logits_at(self._ptr, i)
+        if not address:
             raise EdgeTreeError(f"internal: no logits for batch index {i}")
-        return np.frombuffer(self._row_type.from_address(ctypes.addressof(ptr.contents)), np.float32)
+        return self._logit_rows.at(address)
 
     def output_hidden(self, on: bool) -> None:
         """Also return outputs' final hidden states (embeddings): while on, every token outputs."""
@@ -419,10 +465,10 @@ class Context(_Closes):
 
     def hidden(self, i: int) -> np.ndarray:
         """Zero-copy view of the batch's i-th token's final hidden state; valid until the next decode."""
-        ptr = C.llama_get_embeddings_ith(self._ptr, i)
-        if not ptr:
+        address = _hidden_at(self._ptr, i)
+        if not address:
             raise EdgeTreeError(f"internal: no hidden state for batch index {i}")
-        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,))
+        return self._hidden_rows.at(address)
 
     # -- KV cache -------------------------------------------------------------------------
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import sys
 import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 
 class _Logs(threading.local):
@@ -50,12 +48,17 @@ def logs_shown() -> bool:
     return _shown_by > 0
 
 
-@contextmanager
-def captured_log() -> Iterator[list[str]]:
-    """The lines llama.cpp logs inside the block, on this thread."""
-    lines: list[str] = []
-    _logs.captures.append(lines)
-    try:
-        yield lines
-    finally:
+class captured_log:
+    """The lines llama.cpp logs inside the block, on this thread. A plain class, not a
+    @contextmanager: every llama_decode opens one, and a generator-based one costs several times
+    more host time per token."""
+
+    __slots__ = ("lines",)
+
+    def __enter__(self) -> list[str]:
+        self.lines: list[str] = []
+        _logs.captures.append(self.lines)
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
         _logs.captures.pop()  # this one: captures nest (remove() would take an equal outer list)
