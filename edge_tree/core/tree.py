@@ -51,6 +51,7 @@ class TokenTree:
         self.status.fill(DRAFTED)
         self.token[0] = self.root_token
         self.status[0] = ROOT
+        self.max_depth = 0  # kept as nodes come: a reduction over the depths costs more, once a round
 
     def add(self, token: int, parent: int, logprob: float, rank: int, source: int = DRAFT) -> int:
         i = self.n
@@ -58,7 +59,9 @@ class TokenTree:
             raise ValueError(f"tree is full ({self.capacity} nodes)")
         self.token[i] = token
         self.parent[i] = parent
-        self.depth[i] = self.depth[parent] + 1
+        depth = self.depth[i] = self.depth[parent] + 1
+        if depth > self.max_depth:
+            self.max_depth = int(depth)
         self.rank[i] = rank
         self.logprob[i] = logprob
         self.cum_logprob[i] = self.cum_logprob[parent] + logprob
@@ -87,10 +90,6 @@ class TokenTree:
     @property
     def n_drafted(self) -> int:
         return self.n - 1
-
-    @property
-    def max_depth(self) -> int:
-        return int(self.depth[: self.n].max())
 
     def children(self) -> list[list[int]]:
         """Children of every node, in sibling order (the order the verifier tries them)."""
