@@ -7,7 +7,8 @@ reverse order, also when loading fails halfway.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from ..files import cache_dir
@@ -71,6 +72,9 @@ class LoadedModels:
         if n_ctx // lanes < 16:
             raise UsageError("--ctx-size", f"{n_ctx} tokens leave under 16 for each of {lanes} slots")
         n_seq = sequences_for(self.target_model, lanes)
+        # the full draft is weighed (and closed, where its copy drafts) before the target's
+        # context exists: the two are never held at once (pair B: 357 MiB and 136 MiB)
+        chosen = self._weigh_full_draft(options, progress) if self.draft_path else None
         # a pass asks for a row of logits per tree node, and a lane's tree has a node per sequence
         # at most: the compute buffer is sized for that many rows, not for n_batch (Gemma: 67
         # MiB, not 514, reserved; on a GPU, device memory). The draft's stays at n_batch: while
@@ -78,8 +82,8 @@ class LoadedModels:
         self.target_ctx = self._keep(llama.Context(self.target_model, n_ctx, n_seq, threads=threads,
                                                    n_outputs=n_seq))
         self.draft_model = self.reduced = None
-        if self.draft_path:
-            self._load_draft(options, progress)
+        if chosen:
+            self._load_draft(chosen, options)
         self.draft_ctx = None
         reduced = self.reduced
         if self.draft_model:
@@ -132,44 +136,60 @@ class LoadedModels:
         return bool(self.model_drafter and options.rpc_hosts and target.offloaded_layers > target.n_layer
                     and not set(options.rpc_hosts) & set(options.rpc_draft_hosts))
 
-    def _load_draft(self, options: LoadOptions, progress: bool) -> None:
-        """The draft as given, or the reduced-vocabulary copy derived from it (llamacpp.draft_vocab)
-        where asked, or, under auto, where it loads and is measured to pay on this machine. The
-        full draft is closed before the copy loads: the two never hold memory at once."""
+    def _weigh_full_draft(self, options: LoadOptions, progress: bool) -> "_FullDraftWeighed":
+        """The draft as given, checked against the target, with the reduced-vocabulary copy
+        (llamacpp.draft_vocab) derived where asked or, under auto, where it may pay, and the
+        full draft's call costs where auto must weigh the two. The full draft stays open (kept)
+        only where no copy is to be tried: it is closed before the copy loads, and before the
+        target's context is made."""
         full = self._open_full_draft(options)
         try:
             check_vocab(self.target_model, full)
             copy = draft_vocabs.derive(full, options.draft_vocab, cache_dir(), options.threads, progress)
             source = draft_vocabs.FullDraft.of(full)
             weigh = copy is not None and options.draft_vocab == "auto"  # does the copy pay?
-            full_cost = self._draft_cost(full, options.threads) if weigh else None
+            full_points = self._draft_points(full, options.threads) if weigh else None
         except BaseException:
             full.close()
             raise
         if copy:
             full.close()
-            self.reduced = self._open_copy(copy, source, full_cost, options)
-            full = None if self.reduced else self._open_full_draft(options)
-        self.draft_model = self._keep(self.reduced.model if self.reduced else full)
+            return _FullDraftWeighed(None, copy, source, full_points)
+        return _FullDraftWeighed(self._keep(full), None, source, None)
+
+    def _load_draft(self, chosen: "_FullDraftWeighed", options: LoadOptions) -> None:
+        """The full draft kept, or the copy where it loads and (auto) pays, else the full draft
+        opened again."""
+        full = chosen.full
+        if chosen.copy:
+            self.reduced = self._open_copy(chosen, options)
+            full = None if self.reduced else self._keep(self._open_full_draft(options))
+        self.draft_model = self._keep(self.reduced.model) if self.reduced else full
 
     def _open_full_draft(self, options: LoadOptions) -> llama.Model:
         return llama.Model(self.draft_path, options.draft_n_gpu_layers, options.rpc_draft_hosts)
 
-    def _open_copy(self, copy, source, full_cost: CostModel | None, options: LoadOptions):
+    def _open_copy(self, chosen: "_FullDraftWeighed", options: LoadOptions):
         """The reduced copy, or None where under auto it does not load, or its measured cost
         saving does not outweigh the proposals it can no longer make: the expected tokens per
         second of the best tree with each draft, the full draft at the policy's prior acceptance
         and the copy at that times its coverage."""
         auto = options.draft_vocab == "auto"
         try:
-            reduced = draft_vocabs.open_copy(copy, source, options.threads, options.draft_n_gpu_layers)
+            reduced = draft_vocabs.open_copy(chosen.copy, chosen.source, options.threads,
+                                             options.draft_n_gpu_layers)
         except EdgeTreeError:
             if auto:
                 return None
             raise
         try:
-            reduced_cost = self._draft_cost(reduced.model, options.threads, reduced.embed)
-            if not auto or smaller_vocabulary_pays(full_cost, reduced_cost, reduced.coverage):
+            if not auto:
+                return reduced
+            target = cached_costs(self.target_ctx, TARGET_SIZES)
+            full_cost = CostModel(target, chosen.full_points, host_cost_per_node(chosen.source.n_vocab))
+            reduced_cost = CostModel(target, self._draft_points(reduced.model, options.threads, reduced.embed),
+                                     host_cost_per_node(reduced.model.n_vocab))
+            if smaller_vocabulary_pays(full_cost, reduced_cost, reduced.coverage):
                 return reduced
         except BaseException:
             reduced.model.close()
@@ -177,14 +197,11 @@ class LoadedModels:
         reduced.model.close()
         return None
 
-    def _draft_cost(self, draft: llama.Model, threads: int | None, embed=None) -> CostModel:
-        """The pair's costs with this draft, measured in a small context opened only where
-        nothing is cached."""
-        threads_used = self.target_ctx.threads  # what llama.Context made of `threads`
-        draft_costs = cached_model_costs(draft, threads_used, DRAFT_SIZES,
-                                         lambda: llama.Context(draft, 64, threads=threads, embed=embed))
-        return CostModel(cached_costs(self.target_ctx, TARGET_SIZES), draft_costs,
-                         host_cost_per_node(draft.n_vocab))
+    def _draft_points(self, draft: llama.Model, threads: int | None, embed=None) -> dict[int, float]:
+        """A draft's call costs, measured in a small context opened only where nothing is cached."""
+        threads_used = llama.threads_for(threads)  # what llama.Context makes of `threads`
+        return cached_model_costs(draft, threads_used, DRAFT_SIZES,
+                                  lambda: llama.Context(draft, 64, threads=threads, embed=embed))
 
     def _costs(self, policy: str) -> CostModel | None:
         """The adaptive policy's price list; None for a fixed plan (without a draft, every mode
@@ -220,3 +237,14 @@ class LoadedModels:
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
+
+
+@dataclass(frozen=True)
+class _FullDraftWeighed:
+    """What loading learned of the draft as given: the full draft where it drafts (kept open),
+    else the copy to try, with what the copy needs of it (closed by then)."""
+
+    full: llama.Model | None
+    copy: Path | None
+    source: draft_vocabs.FullDraft
+    full_points: dict[int, float] | None  # its call costs, where auto weighs the copy against it

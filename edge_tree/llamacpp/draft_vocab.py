@@ -16,6 +16,7 @@ ids in its metadata.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,7 @@ class InputTable:
         qtype, (n_embd, n_vocab), offset = tensor
         self.qtype = GGMLQuantizationType(qtype)
         block, type_size = GGML_QUANT_SIZES[self.qtype]
-        self.rows = np.memmap(path, np.uint8, "r", offset, (n_vocab, n_embd // block * type_size))
+        self.path, self.offset, self.row_bytes = path, offset, n_embd // block * type_size
         self.scale = scale
         self.cached_rows = cached_rows
         self._cached: dict[int, np.ndarray] = {}  # token -> its row, unscaled
@@ -195,7 +196,7 @@ class InputTable:
         from gguf.quants import dequantize
 
         if not self.cached_rows:
-            return dequantize(np.asarray(self.rows[tokens]), self.qtype) * self.scale
+            return dequantize(self._read(tokens), self.qtype) * self.scale
         ids = np.asarray(tokens).tolist()
         distinct = list(dict.fromkeys(ids))
         missing = [t for t in distinct if t not in self._cached]
@@ -203,8 +204,17 @@ class InputTable:
             if len(self._cached) + len(missing) > self.cached_rows:  # full: start over with these
                 self._cached.clear()
                 missing = distinct
-            self._cached.update(zip(missing, dequantize(np.asarray(self.rows[missing]), self.qtype)))
+            self._cached.update(zip(missing, dequantize(self._read(missing), self.qtype)))
         return np.stack([self._cached[t] for t in ids]) * self.scale
+
+    def _read(self, tokens) -> np.ndarray:
+        """The raw rows of these tokens, read from the file, not mapped: a mapping kept every page
+        its reads faulted in (and the kernel's neighbours of each) in this process's memory, 153
+        MiB of the demo draft's embedding matrix after the load's check of every 16th row."""
+        with open(self.path, "rb") as file:
+            raw = b"".join(os.pread(file.fileno(), self.row_bytes, self.offset + int(t) * self.row_bytes)
+                           for t in np.asarray(tokens).reshape(-1))
+        return np.frombuffer(raw, np.uint8).reshape(-1, self.row_bytes)
 
 
 class OutputRows:

@@ -359,6 +359,11 @@ class Batch(_Closes):
             self._raw = None
 
 
+def threads_for(threads: int | None) -> int:
+    """The threads a context runs with when asked for `threads` (None: every core)."""
+    return threads or max(1, os.cpu_count() or 1)
+
+
 class Context(_Closes):
     """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches).
 
@@ -369,7 +374,7 @@ class Context(_Closes):
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
                  threads: int | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
                  n_outputs: int | None = None):
-        threads = threads or max(1, os.cpu_count() or 1)
+        threads = threads_for(threads)
         # llama.cpp caps a batch at the context and asserts (aborts) unless it can hold one output
         # per sequence: keep n_seq_max <= n_outputs <= n_batch <= n_ctx.
         n_batch = min(n_batch, n_ctx)
