@@ -120,7 +120,8 @@ def choose_ids(usage: np.ndarray, must_keep: list[int], size: int) -> np.ndarray
 def must_keep(model: llama.Model) -> list[int]:
     """Tokens the draft must be able to propose whatever their use: BOS/EOS and every
     end-of-generation token (a draft that cannot say "stop" is wrong at every stop)."""
-    return sorted({model.bos, model.eos, *model.eog_tokens()} - {-1})
+    eog = [t for t in range(model.n_vocab) if model.is_eog(t)]
+    return sorted({model.bos, model.eos, *eog} - {-1})
 
 
 def write_reduced(src: Path, dst: Path, ids: np.ndarray, coverage: float) -> None:

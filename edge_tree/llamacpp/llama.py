@@ -67,7 +67,7 @@ def supports_rpc() -> bool:
 # -- devices: ggml's registry, which llama_cpp does not wrap (bound through libllama's handle) --
 
 def _bind(name: str, restype, *argtypes):
-    function = getattr(C.llama_cpp._lib, name)
+    function = C.llama_cpp._lib[name]  # a new function object: llama_cpp's own keep their types
     function.restype, function.argtypes = restype, list(argtypes)
     return function
 
@@ -90,33 +90,9 @@ class _ggml:
     set_abort_callback = _bind("ggml_set_abort_callback", _ptr, _ABORT_CALLBACK)
 
 
-# A row of a context's outputs by its address (llama_cpp's own bindings return a float pointer,
-# dearer to turn into an array; binding the name anew leaves theirs as they are).
-def _bind_address(name: str):
-    function = C.llama_cpp._lib[name]  # [] makes a new function object, attribute access shares one
-    function.restype, function.argtypes = _ptr, [_ptr, ctypes.c_int32]
-    return function
-
-
-_logits_at, _hidden_at = _bind_address("llama_get_logits_ith"), _bind_address("llama_get_embeddings_ith")
-
-
-class _Rows:
-    """Zero-copy float32 views of output rows, one per address llama.cpp has returned: a plain
-    round reads one row per token, and making its view costs more than the lookup. A view is only
-    ever handed out for an address llama.cpp just returned, so it lies inside the live buffer."""
-
-    def __init__(self, length: int):
-        self._type = ctypes.c_float * length
-        self._views: dict[int, np.ndarray] = {}
-
-    def at(self, address: int) -> np.ndarray:
-        view = self._views.get(address)
-        if view is None:
-            if len(self._views) >= 4096:  # the buffer moved (grew) often: forget the old rows
-                self._views.clear()
-            view = self._views[address] = np.frombuffer(self._type.from_address(address), np.float32)
-        return view
+# an output row's address (llama_cpp's bindings return a float pointer, dearer to view)
+_logits_at = _bind("llama_get_logits_ith", _ptr, _ptr, ctypes.c_int32)
+_hidden_at = _bind("llama_get_embeddings_ith", _ptr, _ptr, ctypes.c_int32)
 
 
 _rpc_devices: dict[str, list[int]] = {}  # endpoint -> its devices; registration is process-wide
@@ -222,22 +198,10 @@ class Model(_Closes):
         self.n_embd = int(C.llama_model_n_embd(self._ptr))
         self.n_swa = int(C.llama_model_n_swa(self._ptr))  # sliding-window layers' window (0: none)
         self.vocab_type = int(C.llama_vocab_type(self._vocab))
-        # what a token decodes to never changes: a generation asks once a token, so ask llama.cpp
-        # once per distinct token (the dicts stay as small as the tokens seen)
+        # what a token decodes to never changes: a generation asks once a token, llama.cpp once
         self._pieces: dict[tuple[int, bool], bytes] = {}
-        self._eog: dict[int, bool] = {}
 
     # -- metadata -------------------------------------------------------------------------
-    @property
-    def description(self) -> str:
-        buf = ctypes.create_string_buffer(256)
-        C.llama_model_desc(self._ptr, buf, len(buf))
-        return buf.value.decode("utf-8", "replace")
-
-    @property
-    def size_bytes(self) -> int:
-        return int(C.llama_model_size(self._ptr))
-
     @property
     def offloaded_layers(self) -> int:
         """Layers llama.cpp puts on GPUs or RPC hosts: 0 without either, whatever was asked."""
@@ -292,15 +256,8 @@ class Model(_Closes):
         """The token's entry in the vocabulary, as stored (used to compare vocabularies)."""
         return (C.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
 
-    def eog_tokens(self) -> list[int]:
-        """Every end-of-generation token of the vocabulary (a scan: is_eog's memo stays small)."""
-        return [t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self._vocab, t)]
-
     def is_eog(self, token: int) -> bool:
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(C.llama_vocab_is_eog(self._vocab, token))
-        return eog
+        return bool(C.llama_vocab_is_eog(self._vocab, token))
 
     # -- lifetime -------------------------------------------------------------------------
     @property
@@ -385,12 +342,10 @@ class Context(_Closes):
         n_outputs = max(n_seq_max, min(n_outputs or n_batch, n_batch))
         params = C.llama_context_default_params()
         params.n_ctx = n_ctx
-        params.n_batch = n_batch
-        params.n_ubatch = n_batch
+        params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_seq_max
         params.n_outputs_max = n_outputs
-        params.n_threads = threads
-        params.n_threads_batch = threads
+        params.n_threads = params.n_threads_batch = threads
         # One cell may belong to many branches, and seq_cp is metadata only: needed for trees.
         params.kv_unified = True
         # Sliding-window models (Gemma 3) cannot drop a partial sequence from a windowed cache.
@@ -409,7 +364,7 @@ class Context(_Closes):
         self._hidden = False  # output_hidden: llama.cpp then makes every token an output
         self.threads = threads
         self._mem = C.llama_get_memory(self._ptr)
-        self._logit_rows, self._hidden_rows = _Rows(model.n_vocab), _Rows(model.n_embd)
+        self._rows: dict[int, np.ndarray] = {}  # views of output rows by address (_row)
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
 
@@ -458,10 +413,7 @@ class Context(_Closes):
 
     def logits(self, i: int) -> np.ndarray:
         """Zero-copy view of the logits of the batch's i-th token; valid until the next decode."""
-        address = _logits_at(self._ptr, i)
-        if not address:
-            raise EdgeTreeError(f"internal: no logits for batch index {i}")
-        return self._logit_rows.at(address)
+        return self._row(_logits_at(self._ptr, i), self.model.n_vocab, "logits", i)
 
     def output_hidden(self, on: bool) -> None:
         """Also return outputs' final hidden states (embeddings): while on, every token outputs."""
@@ -470,10 +422,19 @@ class Context(_Closes):
 
     def hidden(self, i: int) -> np.ndarray:
         """Zero-copy view of the batch's i-th token's final hidden state; valid until the next decode."""
-        address = _hidden_at(self._ptr, i)
+        return self._row(_hidden_at(self._ptr, i), self.model.n_embd, "hidden state", i)
+
+    def _row(self, address: int | None, length: int, what: str, i: int) -> np.ndarray:
+        """A float32 view of the row at an address llama.cpp just returned (inside its live buffer),
+        made once per address: a plain round reads a row a token, and a view costs more to make."""
         if not address:
-            raise EdgeTreeError(f"internal: no hidden state for batch index {i}")
-        return self._hidden_rows.at(address)
+            raise EdgeTreeError(f"internal: no {what} for batch index {i}")
+        view = self._rows.get(address)
+        if view is None or view.size != length:
+            if len(self._rows) >= 4096:  # the buffer moved (grew) often: forget the old rows
+                self._rows.clear()
+            view = self._rows[address] = np.frombuffer((ctypes.c_float * length).from_address(address), np.float32)
+        return view
 
     # -- KV cache -------------------------------------------------------------------------
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> None:
