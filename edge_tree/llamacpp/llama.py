@@ -90,11 +90,6 @@ class _ggml:
     set_abort_callback = _bind("ggml_set_abort_callback", _ptr, _ABORT_CALLBACK)
 
 
-# an output row's address (llama_cpp's bindings return a float pointer, dearer to view)
-_logits_at = _bind("llama_get_logits_ith", _ptr, _ptr, ctypes.c_int32)
-_hidden_at = _bind("llama_get_embeddings_ith", _ptr, _ptr, ctypes.c_int32)
-
-
 _rpc_devices: dict[str, list[int]] = {}  # endpoint -> its devices; registration is process-wide
 
 
@@ -314,6 +309,11 @@ class Batch(_Closes):
             self.embd = None  # a view into memory llama_batch_free releases
             C.llama_batch_free(self._raw)
             self._raw = None
+
+
+# an output row's address (llama_cpp's bindings return a float pointer, dearer to view)
+_logits_at = _bind("llama_get_logits_ith", _ptr, _ptr, ctypes.c_int32)
+_hidden_at = _bind("llama_get_embeddings_ith", _ptr, _ptr, ctypes.c_int32)
 
 
 def threads_for(threads: int | None) -> int:
