@@ -73,6 +73,14 @@ def outcome(tree: TokenTree, verdict: Verdict, cost: CostModel = CPU, draft_fact
                         decode=(target_s, draft_s))
 
 
+def plain_round(cost: CostModel = CPU, target_s: float | None = None, host_s: float = 0.0) -> RoundOutcome:
+    """A round of plain decoding (the root alone) whose target pass took target_s (what `cost`
+    predicts unless given), plus host_s of host work."""
+    target_s = cost.verify_s(1) if target_s is None else target_s
+    return RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
+                        target_s, target_s + host_s, (target_s, 0.0))
+
+
 def test_rank_acceptance_learns_which_sibling_the_target_takes():
     learned = RankAcceptance()
     for _ in range(200):
@@ -145,8 +153,7 @@ def test_measured_rounds_correct_a_wrong_calibration():
 
 def test_host_time_per_round_and_per_draft_call_is_learned_and_counted():
     policy = AdaptivePolicy(replace(CPU))
-    plain = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
-                         CPU.verify_s(1), CPU.verify_s(1) + 0.002, (CPU.verify_s(1), 0.0))
+    plain = plain_round(host_s=0.002)
     for _ in range(40):  # plain rounds with 2 ms of host work, draft rounds with 5 ms
         policy.observe(plain)
         policy.observe(outcome(*chain_round(0), CPU, host_s=0.005))
@@ -193,8 +200,7 @@ def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():
 
 def test_a_busier_machine_slows_the_draft_too_until_the_draft_is_measured():
     cost = replace(CPU)
-    plain = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
-                         2 * CPU.verify_s(1), 2 * CPU.verify_s(1), (2 * CPU.verify_s(1), 0.0))
+    plain = plain_round(target_s=2 * CPU.verify_s(1))
     for _ in range(60):  # plain rounds only: the target runs at half the calibrated speed
         cost.learn(plain)
     assert cost.verify_scale == pytest.approx(2, rel=0.02)
@@ -318,8 +324,7 @@ def test_a_pessimistic_start_is_tried_until_the_rounds_say_otherwise():
     tighten) beats plain decoding. A draft the target always follows is then drafted with for
     good; one it never follows stops being tried."""
     cost = CostModel(CPU.verify_points, {n: 1.5 * s for n, s in CPU.draft_points.items()}, host_per_node=0.0004)
-    plain_round = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
-                               cost.verify_s(1), cost.verify_s(1), (cost.verify_s(1), 0.0))
+    plain = plain_round(cost)
     prior = np.round(RankAcceptance().pi(), 2)
     assert shape_rate(best_shape(Caps(), prior, cost), prior, cost) < 1 / cost.plain_s()  # plain wins
     for matched, drafts_at_the_end in ((0, True), (None, False)):
@@ -332,7 +337,7 @@ def test_a_pessimistic_start_is_tried_until_the_rounds_say_otherwise():
                 tried.append(r)
                 policy.observe(outcome(*chain_round(matched), cost))
             else:
-                policy.observe(plain_round)
+                policy.observe(plain)
         assert tried and tried[0] == 0  # tried from the start
         last = 4 * AdaptivePolicy.EXPLORE_EVERY
         late = [r for r in tried if r >= 16 * AdaptivePolicy.EXPLORE_EVERY - last]
@@ -354,8 +359,7 @@ def test_slots_never_alone_learn_the_draft_together(matched, drafts_at_the_end):
     prior = np.round(RankAcceptance().pi(), 2)
     best = best_shape(Caps(), prior, cost, beside)
     assert shape_rate(best, prior, cost, beside) < 2 / cost.plain_s(beside)  # beside it, plain wins
-    plain_round = RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), TreeShape(), (), 0.0,
-                               cost.verify_s(1), cost.verify_s(1), (cost.verify_s(1), 0.0))
+    plain = plain_round(cost)
     taught = Taught(replace(cost))
     slots = [AdaptivePolicy(cost, taught) for _ in range(2)]
     for policy in slots:
@@ -369,7 +373,7 @@ def test_slots_never_alone_learn_the_draft_together(matched, drafts_at_the_end):
                 tried.append((p, k))
                 policy.observe(outcome(*chain_round(matched), cost))
             else:
-                policy.observe(plain_round)
+                policy.observe(plain)
     early = [p for p, _ in tried if p < 4 * AdaptivePolicy.EXPLORE_EVERY]
     assert early[0] == 0 and len(early) >= 2  # tried beside the other from the start
     if drafts_at_the_end:
