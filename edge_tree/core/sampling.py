@@ -67,9 +67,11 @@ def _nucleus(keep: np.ndarray, kept: np.ndarray, peak: float, top_p: float):
 
 def log_normalizer(logits: np.ndarray, peak: float) -> float:
     """log(sum(exp(logits))) given their maximum: softmax's denominator in one float32 pass over
-    the vocabulary, summed in float64, so that a log-prob is logits[t] - log_normalizer."""
+    the vocabulary, so that a log-prob is logits[t] - log_normalizer. Summed in float32: numpy
+    sums pairwise (relative error about 1e-6 over 262,144 terms, each in (0, 1]), where a float64
+    sum would first convert every term (twice the time, once per draft call)."""
     shifted = np.subtract(logits, peak, dtype=np.float32)
-    return peak + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
+    return peak + float(np.log(np.exp(shifted, out=shifted).sum()))
 
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
