@@ -7,7 +7,9 @@ target takes the draft's top choice where its walk reaches it (the figure that b
 Greedy, the models loaded once, the prompts one after the other (as `edge-tree bench` runs them,
 without the other modes in between). Prints tok/s; per round: drafted nodes, draft calls and
 accepted tokens; milliseconds per round inside the target's llama_decode, the draft's, and on
-the host; the share of the draft's top choices and of the context's guesses that the target took.
+the host; the share of the draft's top choices and of the context's guesses that the target took;
+and the chain bound: the best speed a chain of any depth can reach with these costs (the policy's
+price list as the run corrected it) and that share, and with a draft that is always right.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from edge_tree.bench.modes import parse_mode
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.records import walked
+
+BOUND_DEPTH = 32  # the deepest chain the bound considers
 
 SUMMED = ("tokens", "rounds", "drafted", "accepted", "draft_calls", "target_decode_s", "draft_decode_s",
           "host_s")
@@ -36,6 +40,19 @@ def taken_by_source(step, taken: dict[str, list[int]]) -> None:
             if tried:
                 taken[source][0] += 1
                 taken[source][1] += took in tried
+
+
+def chain_rate(depth: int, right: float, cost, host_s: float) -> float:
+    """Tokens per second of a chain of `depth` draft calls whose every token the target takes with
+    probability `right` (the walk stops at the first miss), plus the target's own token."""
+    tokens = sum(right ** k for k in range(depth + 1))
+    return tokens / (depth * cost.draft_s(1) + cost.verify_s(1 + depth) + host_s)
+
+
+def chain_bound(right: float, cost, host_s: float) -> tuple[int, float]:
+    """(best depth, its tokens per second) over chains up to BOUND_DEPTH deep."""
+    return max(((d, chain_rate(d, right, cost, host_s)) for d in range(1, BOUND_DEPTH + 1)),
+               key=lambda pair: pair[1])
 
 
 def main() -> None:
@@ -59,6 +76,7 @@ def main() -> None:
     taken = {"draft": [0, 0], "ngram": [0, 0]}
     spec = parse_mode(args.mode)  # as edge-tree bench --modes reads it: tree, chain:4, ...
     with edge_tree.load(target, draft, threads=args.threads, draft_vocab=args.draft_vocab) as engine:
+        cost = engine.models.policy.cost  # None: a fixed policy, no price list
         for prompt in default_prompts()[:args.prompts]:
             result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=spec.mode,
                                      max_depth=spec.max_depth,
@@ -77,6 +95,14 @@ def main() -> None:
         tried, took = taken[source]
         if tried:
             print(f"the target took {label} {took / tried:.1%} of the {tried} times its walk reached one")
+    tried, took = taken["draft"]
+    if tried and cost is not None:
+        host_s = totals["host_s"] / rounds
+        depth, rate = chain_bound(took / tried, cost, host_s)
+        sure_depth, sure_rate = chain_bound(1.0, cost, host_s)
+        print(f"chain bound: {rate:.2f} tok/s at depth {depth} (a draft call {1000 * cost.draft_s(1):.1f} ms, "
+              f"the target's pass {1000 * cost.verify_s(1):.1f} ms at 1 token, {1000 * cost.verify_s(1 + depth):.1f} "
+              f"at {1 + depth}); a draft always right: {sure_rate:.2f} tok/s at depth {sure_depth}")
 
 
 if __name__ == "__main__":
