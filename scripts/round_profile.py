@@ -8,8 +8,9 @@ Greedy, the models loaded once, the prompts one after the other (as `edge-tree b
 without the other modes in between). Prints tok/s; per round: drafted nodes, draft calls and
 accepted tokens; milliseconds per round inside the target's llama_decode, the draft's, and on
 the host; the share of the draft's top choices and of the context's guesses that the target took;
-and the chain bound: the best speed a chain of any depth can reach with these costs (the policy's
-price list as the run corrected it) and that share, and with a draft that is always right.
+and the chain bound: the best speed a chain of any depth can reach at that share, with each
+call's cost measured after the run (the fastest of a few: a bound, not a forecast) and the run's
+host time per round; and with a draft that is always right.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import edge_tree
 from edge_tree.bench.modes import parse_mode
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
+from edge_tree.core.calibrate import decode_costs
+from edge_tree.core.costs import CostModel
 from edge_tree.records import walked
 
 BOUND_DEPTH = 32  # the deepest chain the bound considers
+BOUND_SIZES = (1, 2, 4, 8, 12, 16, 24, BOUND_DEPTH + 1)  # target passes timed for it
 
 SUMMED = ("tokens", "rounds", "drafted", "accepted", "draft_calls", "target_decode_s", "draft_decode_s",
           "host_s")
@@ -76,7 +80,6 @@ def main() -> None:
     taken = {"draft": [0, 0], "ngram": [0, 0]}
     spec = parse_mode(args.mode)  # as edge-tree bench --modes reads it: tree, chain:4, ...
     with edge_tree.load(target, draft, threads=args.threads, draft_vocab=args.draft_vocab) as engine:
-        cost = engine.models.policy.cost  # None: a fixed policy, no price list
         for prompt in default_prompts()[:args.prompts]:
             result = engine.generate(prompt["prompt"], max_tokens=args.max_tokens, mode=spec.mode,
                                      max_depth=spec.max_depth,
@@ -84,6 +87,8 @@ def main() -> None:
             for key in SUMMED:
                 totals[key] += result.stats[key]
             decode_s += result.stats["wall_s"] - result.stats["prompt_s"]
+        cost = CostModel(decode_costs(engine.models.target_ctx, BOUND_SIZES),
+                         decode_costs(engine.models.draft_ctx, (1,)))
     rounds = max(totals["rounds"], 1)
     print(f"{name}, {args.mode}: {totals['tokens'] / decode_s:.2f} tok/s over "
           f"{int(totals['tokens'])} tokens in {int(rounds)} rounds")
@@ -96,7 +101,7 @@ def main() -> None:
         if tried:
             print(f"the target took {label} {took / tried:.1%} of the {tried} times its walk reached one")
     tried, took = taken["draft"]
-    if tried and cost is not None:
+    if tried:
         host_s = totals["host_s"] / rounds
         depth, rate = chain_bound(took / tried, cost, host_s)
         sure_depth, sure_rate = chain_bound(1.0, cost, host_s)
