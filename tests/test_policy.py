@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edge_tree.core.costs import LEARNING_RATE, CostModel
-from edge_tree.core.policy import (AdaptivePolicy, Caps, RankAcceptance, Taught, best_shape, chain_shape,
+from edge_tree.core.policy import (AdaptivePolicy, Caps, ProbCalibration, RankAcceptance, Taught, best_shape,
+                                   chain_shape,
                                    grow_levels, round_rate, shape_rate, shape_share)
 from edge_tree.core.plan import Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
@@ -91,6 +92,28 @@ def test_rank_acceptance_learns_which_sibling_the_target_takes():
     for _ in range(200):
         misses.observe(*chain_round(None))
     assert misses.pi()[:3].sum() < 0.05
+
+
+def confident_chain(depth: int, taken: int) -> tuple[TokenTree, Verdict]:
+    """A chain of `depth` tokens the draft gives 0.95 each; the target takes the first `taken`."""
+    tree = TokenTree(capacity=depth, root_token=0)
+    for d in range(depth):
+        tree.add(10 + d, d, np.log(0.95), 0)
+    return tree, Verdict(list(range(1, taken + 1)), 99, np.full(tree.n, np.nan))
+
+
+def test_the_confidence_table_comes_down_within_rounds_when_the_text_changes():
+    """Hundreds of rounds where the draft's confident tokens were all taken, then text where the
+    target leaves them every few tokens: within ten rounds the table's top bin says so (the reach
+    the drafter grows branches by multiplies it level after level)."""
+    table = ProbCalibration()
+    for _ in range(300):
+        table.observe(*confident_chain(10, 10))
+    assert table.table()[-1] > 0.99
+    for _ in range(10):
+        table.observe(*confident_chain(10, 3))  # 3 taken, the 4th left: 3 in 4
+    assert table.table()[-1] < 0.9
+    assert table.table()[-1] ** 10 < 0.4  # a chain of ten such tokens no longer looks likely
 
 
 def test_adaptive_policy_replans_as_acceptance_changes():

@@ -148,9 +148,15 @@ class ProbCalibration:
     """P(the target takes a drafted child | the walk reached its parent), by the child's draft
     probability in ten bins, learned online. The prior, sqrt of the bin's probability, says what
     a draft of the target's family does under greedy verification: right more often than its
-    own probability claims (a token at q = 0.5 is usually the target's argmax too)."""
+    own probability claims (a token at q = 0.5 is usually the target's argmax too).
+
+    Older rounds fade (FORGET a round): how often the target takes the draft's confident tokens
+    moves with the text, and a branch grows as deep as its reach allows, so a table that hundreds
+    of rounds on other text set near 1.0 must come down within a few rounds where the target
+    leaves the draft's confident path (a prompt that drafted 24 levels a round for 10 tokens)."""
 
     BINS = 10
+    FORGET = 0.9  # a round ten rounds back weighs a third of the last one
 
     def __init__(self, prior_weight: float = 2.0):
         self.hits = np.zeros(self.BINS)
@@ -159,6 +165,8 @@ class ProbCalibration:
         self.prior_weight = prior_weight
 
     def observe(self, tree, verdict) -> None:
+        self.hits *= self.FORGET
+        self.trials *= self.FORGET
         for children, matched in visited_children(tree, verdict):
             for child in children:
                 index = prob_bin(float(tree.logprob[child]), self.BINS)
