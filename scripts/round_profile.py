@@ -87,6 +87,7 @@ def main() -> None:
             for key in SUMMED:
                 totals[key] += result.stats[key]
             decode_s += result.stats["wall_s"] - result.stats["prompt_s"]
+        # last: timing a call clears the context it runs in (the engine is not used after it)
         cost = CostModel(decode_costs(engine.models.target_ctx, BOUND_SIZES),
                          decode_costs(engine.models.draft_ctx, (1,)))
     rounds = max(totals["rounds"], 1)

@@ -9,8 +9,7 @@ import pytest
 
 from edge_tree.core.costs import LEARNING_RATE, CostModel
 from edge_tree.core.policy import (AdaptivePolicy, Caps, ProbCalibration, RankAcceptance, Taught, best_shape,
-                                   chain_shape,
-                                   grow_levels, round_rate, shape_rate, shape_share)
+                                   chain_shape, grow_levels, round_rate, shape_rate, shape_share)
 from edge_tree.core.plan import Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
