@@ -24,6 +24,7 @@ from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.core.calibrate import decode_costs
 from edge_tree.core.costs import CostModel
+from edge_tree.core.policy import Caps, chain_shape, shape_rate
 from edge_tree.records import walked
 
 BOUND_DEPTH = 32  # the deepest chain the bound considers
@@ -46,17 +47,13 @@ def taken_by_source(step, taken: dict[str, list[int]]) -> None:
                 taken[source][1] += took in tried
 
 
-def chain_rate(depth: int, right: float, cost, host_s: float) -> float:
-    """Tokens per second of a chain of `depth` draft calls whose every token the target takes with
-    probability `right` (the walk stops at the first miss), plus the target's own token."""
-    tokens = sum(right ** k for k in range(depth + 1))
-    return tokens / (depth * cost.draft_s(1) + cost.verify_s(1 + depth) + host_s)
-
-
-def chain_bound(right: float, cost, host_s: float) -> tuple[int, float]:
-    """(best depth, its tokens per second) over chains up to BOUND_DEPTH deep."""
-    return max(((d, chain_rate(d, right, cost, host_s)) for d in range(1, BOUND_DEPTH + 1)),
-               key=lambda pair: pair[1])
+def chain_bound(right: float, cost: CostModel) -> tuple[int, float]:
+    """(best depth, its tokens per second) over chains up to BOUND_DEPTH deep whose every token
+    the target takes with probability `right`, as the policy rates a chain."""
+    rates = {d: shape_rate(chain_shape(Caps(max_depth=d, max_total_nodes=d)), [right], cost)
+             for d in range(1, BOUND_DEPTH + 1)}
+    best = max(rates, key=rates.get)
+    return best, rates[best]
 
 
 def main() -> None:
@@ -88,8 +85,8 @@ def main() -> None:
                 totals[key] += result.stats[key]
             decode_s += result.stats["wall_s"] - result.stats["prompt_s"]
         # last: timing a call clears the context it runs in (the engine is not used after it)
-        cost = CostModel(decode_costs(engine.models.target_ctx, BOUND_SIZES),
-                         decode_costs(engine.models.draft_ctx, (1,)))
+        target_points = decode_costs(engine.models.target_ctx, BOUND_SIZES)
+        draft_points = decode_costs(engine.models.draft_ctx, (1,))
     rounds = max(totals["rounds"], 1)
     print(f"{name}, {args.mode}: {totals['tokens'] / decode_s:.2f} tok/s over "
           f"{int(totals['tokens'])} tokens in {int(rounds)} rounds")
@@ -103,9 +100,9 @@ def main() -> None:
             print(f"the target took {label} {took / tried:.1%} of the {tried} times its walk reached one")
     tried, took = taken["draft"]
     if tried:
-        host_s = totals["host_s"] / rounds
-        depth, rate = chain_bound(took / tried, cost, host_s)
-        sure_depth, sure_rate = chain_bound(1.0, cost, host_s)
+        cost = CostModel(target_points, draft_points, host_per_round=totals["host_s"] / rounds)
+        depth, rate = chain_bound(took / tried, cost)
+        sure_depth, sure_rate = chain_bound(1.0, cost)
         print(f"chain bound: {rate:.2f} tok/s at depth {depth} (a draft call {1000 * cost.draft_s(1):.1f} ms, "
               f"the target's pass {1000 * cost.verify_s(1):.1f} ms at 1 token, {1000 * cost.verify_s(1 + depth):.1f} "
               f"at {1 + depth}); a draft always right: {sure_rate:.2f} tok/s at depth {sure_depth}")
