@@ -31,9 +31,10 @@ from .target import TargetRunner
 # Every leaf of a tree is a sequence of llama.cpp's KV cache, and a context keeps a row of logits
 # (n_vocab floats) for each of its sequences from its creation on, written through once: 256
 # sequences hold 268 MB on Gemma's 262k vocabulary, in the target and again in the draft
-# (docs/benchmarks.md, "Memory, byte for byte"). On a CPU a pass over 64 tokens costs 7 to 17
-# one-token passes, so a larger tree would rarely pay: a context there offers 64 sequences; with
-# layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
+# (docs/benchmarks.md, "Memory, byte for byte"); on a CPU the rows no pass wrote are given back
+# (llamacpp/outputs.py), with a GPU they stay (pinned host memory). On a CPU a pass over 64
+# tokens costs 7 to 17 one-token passes, so a larger tree would rarely pay: a context there
+# offers 64 sequences; with layers on a GPU or RPC hosts, whose cost curves are flat, all 256.
 CPU_SEQUENCES = 64
 LANE_SEQUENCES = 8  # at least, for each of several lanes: a tree of 7 nodes, a draft of 3 levels
 

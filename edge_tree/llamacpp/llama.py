@@ -22,6 +22,7 @@ from ..errors import EdgeTreeError
 from . import NUMPY_CAME_FIRST, logs, rpc
 from .facts import cpu_has_amx, is_cuda_build, load_failure, why
 from .logs import captured_log
+from .outputs import OutputRows
 
 _backend_ready = False
 _LIB_DIR = os.environ.get("LLAMA_CPP_LIB_PATH") or Path(C.__file__).parent / "lib"  # llama_cpp's choice
@@ -144,12 +145,10 @@ def _device_list(endpoints: Sequence[str]):
     return (_ptr * (len(devices) + 1))(*devices, None)
 
 
-def max_parallel_sequences() -> int:
-    return int(C.llama_max_parallel_sequences())
+max_parallel_sequences = C.llama_max_parallel_sequences  # () -> int: llama.cpp's LLAMA_MAX_SEQ
 
 
-def version() -> str:
-    """The llama-cpp-python release (it pins one llama.cpp revision)."""
+def version() -> str:  # the llama-cpp-python release (it pins one llama.cpp revision)
     return C.__version__
 
 
@@ -314,6 +313,7 @@ class Batch(_Closes):
 # an output row's address (llama_cpp's bindings return a float pointer, dearer to view)
 _logits_at = _bind("llama_get_logits_ith", _ptr, _ptr, ctypes.c_int32)
 _hidden_at = _bind("llama_get_embeddings_ith", _ptr, _ptr, ctypes.c_int32)
+_all_logits, _all_hidden = _bind("llama_get_logits", _ptr, _ptr), _bind("llama_get_embeddings", _ptr, _ptr)
 
 
 def threads_for(threads: int | None) -> int:
@@ -367,6 +367,7 @@ class Context(_Closes):
         self._rows: dict[int, np.ndarray] = {}  # views of output rows by address (_row)
         self.embed = embed
         self.decode_s = 0.0  # seconds inside llama_decode, for the time breakdown
+        self._outputs = OutputRows(self._ptr, model, self.n_seq_max, (_all_logits, _all_hidden))
 
     def use_threads(self, threads: int) -> None:  # from now on (self.threads: as created)
         C.llama_set_n_threads(self._ptr, threads, threads)
@@ -397,6 +398,7 @@ class Context(_Closes):
             meaning = {1: "no KV-cache slot (the context is full)", 2: "aborted", -1: "invalid batch"}
             raise EdgeTreeError(f"llama_decode failed ({rc}: {meaning.get(rc, 'fatal error')}) "
                                 f"{why(log)}".strip())
+        self._outputs.decoded(outputs, self._hidden)
 
     def feed(self, batch: Batch, tokens: Sequence[int], start_pos: int, seq_id: int = 0) -> int:
         """Decode a run of tokens in one sequence, in chunks that fit the batch, with logits for
@@ -491,9 +493,7 @@ def quantize(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads
     """Requantize a GGUF file with llama_model_quantize (allowing requantization of quantized input)."""
     _ensure_backend()
     params = C.llama_model_quantize_default_params()
-    params.ftype = FTYPES[quant]
-    params.nthread = threads
-    params.allow_requantize = True
+    params.ftype, params.nthread, params.allow_requantize = FTYPES[quant], threads, True
     with captured_log() as log:
         rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
