@@ -18,6 +18,7 @@ from edge_tree import Engine
 from edge_tree.bench.loopback import DelayProxy, RpcServer, rpc_server_binary
 from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts, normalize_prompts
+from edge_tree.errors import user_errors
 
 
 def main() -> None:
@@ -53,4 +54,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

@@ -21,6 +21,7 @@ from edge_tree.bench.pairs import resolve_pair
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.core.options import GenOptions
 from edge_tree.core.slots import Slots
+from edge_tree.errors import user_errors
 
 
 def load(engine, lanes: int, mode: str, prompts: list[str], max_tokens: int) -> dict:
@@ -77,4 +78,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

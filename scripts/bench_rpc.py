@@ -23,6 +23,7 @@ from pathlib import Path
 from edge_tree.bench.loopback import DelayProxy, RpcServer, rpc_server_binary
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.bench.session import run_bench
+from edge_tree.errors import user_errors
 from edge_tree.files import cache_dir
 
 SPECULATIVE_PREFIX = "llama.cpp spec"
@@ -92,4 +93,5 @@ def _ratio(a, b) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

@@ -10,6 +10,7 @@ import argparse
 
 from edge_tree import load
 from edge_tree.bench.prompts import default_prompts
+from edge_tree.errors import user_errors
 
 ROWS = [("ar", "ar", "sampled"), ("tree, drawn children", "tree", "sampled"),
         ("tree, top-k children", "tree", "topk")]
@@ -42,4 +43,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

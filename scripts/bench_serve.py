@@ -42,6 +42,7 @@ from pathlib import Path
 import httpx
 
 from edge_tree.bench.prompts import default_prompts
+from edge_tree.errors import user_errors
 from edge_tree.llamacpp.demo import ensure_demo
 from edge_tree.llamacpp.llama import USE_EXTRA_BUFFER_TYPES
 
@@ -353,4 +354,5 @@ def total_speed(rows: list[dict]) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

@@ -31,6 +31,7 @@ import edge_tree  # first: llama.cpp's library loads before numpy
 import llama_cpp as C
 from edge_tree.bench.tools import parse_completion_output
 from edge_tree.core.models import sequences_for
+from edge_tree.errors import user_errors
 from edge_tree.llamacpp import llama
 
 PROMPT_LEN = 128
@@ -137,4 +138,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

@@ -16,6 +16,7 @@ import json
 import time
 
 import edge_tree  # first: llama.cpp's library loads before numpy
+from edge_tree.errors import user_errors
 import llama_cpp
 
 DEMO = "~/.cache/edge-tree/demo/"
@@ -90,4 +91,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():  # a bad file, pair or mode: one line, not a traceback
+        main()

@@ -16,7 +16,6 @@ host time per round; and with a draft that is always right.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import edge_tree
@@ -26,7 +25,7 @@ from edge_tree.bench.prompts import default_prompts
 from edge_tree.core.calibrate import decode_costs
 from edge_tree.core.costs import CostModel
 from edge_tree.core.policy import Caps, chain_shape, shape_rate
-from edge_tree.errors import EdgeTreeError
+from edge_tree.errors import user_errors
 from edge_tree.records import walked
 
 BOUND_DEPTH = 32  # the deepest chain the bound considers
@@ -111,7 +110,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors():  # a bad mode, pair, file or vocabulary: one line, not a traceback
         main()
-    except EdgeTreeError as error:  # a bad mode, pair, file or vocabulary: one line, exit 1
-        sys.exit(f"round_profile.py: error: {error}")

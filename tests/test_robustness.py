@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -467,3 +468,16 @@ def test_a_4000_token_generation_keeps_memory_flat(tiny_target, tiny_draft_same,
               f"after another short one {again / 1024:.1f} MiB")
     assert long_ - short <= 0.05 * short + 6 * 1024, (short, long_)
     assert again - long_ <= 0.01 * long_, (long_, again)  # nothing kept from the long run
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@pytest.mark.parametrize("script", ["bench_lanes.py", "call_costs.py", "host_time.py", "round_profile.py"])
+def test_a_measuring_script_answers_a_missing_model_file_in_one_line(script, tmp_path):
+    """The scripts under scripts/ take model files as the CLI does; a wrong path is one line on
+    stderr and exit 1, as the CLI's, not a traceback."""
+    missing = tmp_path / "no-such-model.gguf"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / script), "-m", str(missing), "-md", str(missing)],
+                          capture_output=True, timeout=120)
+    assert_one_line_error(proc, 1, "no-such-model.gguf")
