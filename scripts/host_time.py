@@ -16,8 +16,8 @@ import json
 import time
 
 import edge_tree  # first: llama.cpp's library loads before numpy
-from edge_tree.errors import user_errors
 import llama_cpp
+from edge_tree.errors import user_errors
 
 DEMO = "~/.cache/edge-tree/demo/"
 PROMPTS = [
