@@ -109,10 +109,18 @@ class ServerProcess:
         return httpx.get(self.url + "/health", timeout=10).json()
 
     def wait_health(self, predicate, timeout: float = 30) -> dict:
-        """Poll /health until predicate(health) holds (bounded in time)."""
+        """Poll /health until predicate(health) holds (bounded in time). A poll whose connection
+        drops while the process lives is made again: a server that starts over in place (a lost
+        RPC host came back) execs, and a request in flight at that moment loses its connection."""
         deadline = time.monotonic() + timeout
         while True:
-            health = self.health()
+            try:
+                health = self.health()
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+                continue
             if predicate(health) or time.monotonic() > deadline:
                 return health
             time.sleep(0.05)
