@@ -63,11 +63,13 @@ class OutputRows:
     def decoded(self, outputs: int, hidden: bool) -> None:
         """After a decode that wrote `outputs` rows: where it made llama.cpp reserve (and zero)
         a larger buffer, give back the rows past those."""
+        if not self.on:  # every decode passes here: nothing to work out where nothing goes back
+            return
         rows = max(outputs, self.n_seq_max)
         wanted = rows * (self.n_vocab + (self.n_embd if hidden else 0))
         if wanted > self.reserved:
             self.reserved = wanted
-            if self.on and rows > outputs:
+            if rows > outputs:
                 self._give_back_past(outputs, rows, hidden)
 
     def _give_back_past(self, written: int, rows: int, hidden: bool) -> None:
