@@ -119,10 +119,9 @@ class ServerProcess:
             except httpx.TransportError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise
-                time.sleep(0.05)
-                continue
-            if predicate(health) or time.monotonic() > deadline:
-                return health
+            else:
+                if predicate(health) or time.monotonic() > deadline:
+                    return health
             time.sleep(0.05)
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
