@@ -58,7 +58,7 @@ def main() -> None:
     if args.clients:
         clients_bench(args, target, draft, prompts)
         return
-    load = ["-m", target, "-md", draft, "-t", str(args.threads), "-c", str(args.ctx_size)]
+    load = ["-m", target, "-md", draft, "-t", str(args.threads), "-c", str(args.ctx_size), *offload(args)]
     rows = {"serve": [], "generate": [], "llama-server": []}
     with Server([edge_tree_exe(), "serve", *load, "--port", "{port}"]) as url:
         stream_edge_tree(url, prompts[0], 8)  # warm-up
@@ -67,7 +67,7 @@ def main() -> None:
     if args.llama_cpp:
         binary = Path(args.llama_cpp) / "llama-server"
         command = [str(binary), "-m", target, "-md", draft, "-t", str(args.threads), "-td", str(args.threads),
-                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}",
+                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}", *offload(args),
                    # the same weight layout as ours (no extra buffer types on AMX CPUs: llama.py)
                    *(() if USE_EXTRA_BUFFER_TYPES else ("--no-repack",))]
         with Server(command, library_dir=binary.parent) as url:
@@ -83,6 +83,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("-n", "--max-tokens", type=int, default=64)
     ap.add_argument("-t", "--threads", type=int, default=2)
     ap.add_argument("-c", "--ctx-size", type=int, default=2048)
+    ap.add_argument("-ngl", "--n-gpu-layers", type=int, default=0,
+                    help="target layers on the GPU, for every server (99: all)")
+    ap.add_argument("-ngld", "--draft-n-gpu-layers", type=int, default=0,
+                    help="draft layers on the GPU, for every server (99: all)")
     ap.add_argument("--prompts", type=int, default=len(default_prompts()), help="the first N default prompts")
     ap.add_argument("--llama-cpp", help="folder with llama.cpp's llama-server (scripts/build_llama_cpp.sh)")
     ap.add_argument("--pair", choices=("A", "B"), default="B",
@@ -137,11 +141,17 @@ def server_commands(args, target: str, draft: str, n: int, ctx: int) -> dict[str
     """Each server with n slots and a context of ctx tokens in all: (command, library folder)."""
     binary, threads = Path(args.llama_cpp) / "llama-server", str(args.threads)
     llama = [str(binary), "-m", target, "-t", threads, "-c", str(ctx), "-np", str(n), "--host", "127.0.0.1",
-             "--port", "{port}"]
+             "--port", "{port}", "-ngl", str(args.n_gpu_layers)]
     return {"edge-tree": ([edge_tree_exe(), "serve", "-m", target, "-md", draft, "-t", threads, "-c", str(ctx),
-                           "-np", str(n), "--queue", "256", "--port", "{port}"], None),
+                           "-np", str(n), "--queue", "256", "--port", "{port}", *offload(args)], None),
             "llama-server": (llama, binary.parent),
-            "llama-server -md": (llama + ["-md", draft, "-td", threads], binary.parent)}
+            "llama-server -md": (llama + ["-md", draft, "-td", threads, "-ngld", str(args.draft_n_gpu_layers)],
+                                 binary.parent)}
+
+
+def offload(args) -> list[str]:
+    """The layers each model puts on the GPU, as both servers name the options."""
+    return ["-ngl", str(args.n_gpu_layers), "-ngld", str(args.draft_n_gpu_layers)]
 
 
 def completion(url: str, prompt: str, max_tokens: int) -> dict:

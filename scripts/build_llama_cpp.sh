@@ -9,8 +9,10 @@
 #       ggml-rpc-server alone, linked statically (a few minutes on 2 cores): what the RPC tests
 #       start (edge_tree/bench/loopback.py)
 # OUT_DIR defaults to ~/.cache/edge-tree/llama.cpp. The llama-cpp-python version is read from
-# $PYTHON, else the repository's .venv, else python3. $CMAKE_ARGS is passed on to cmake (for a
-# GPU host's rpc-server: CMAKE_ARGS="-DGGML_CUDA=ON").
+# $PYTHON, else the repository's .venv, else python3, and its sdist downloaded with pip; on a
+# machine without network, $LLAMA_CPP_SOURCE names llama.cpp's source instead (a folder, or a
+# .tar.xz of one as scripts/device_pack.sh makes). $CMAKE_ARGS is passed on to cmake (for a GPU
+# host's rpc-server: CMAKE_ARGS="-DGGML_CUDA=ON").
 set -euo pipefail
 rpc_server_only=0
 if [ "${1:-}" = "--rpc-server-only" ]; then
@@ -18,14 +20,21 @@ if [ "${1:-}" = "--rpc-server-only" ]; then
     shift
 fi
 out="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/edge-tree/llama.cpp}"
-python="${PYTHON:-$(dirname "$0")/../.venv/bin/python}"
-[ -x "$python" ] || python=python3
-version="$("$python" -c 'from importlib.metadata import version; print(version("llama-cpp-python"))')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-"$python" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work" >/dev/null
-tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
-src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+src="${LLAMA_CPP_SOURCE:-}"
+if [ -z "$src" ]; then
+    python="${PYTHON:-$(dirname "$0")/../.venv/bin/python}"
+    [ -x "$python" ] || python=python3
+    version="$("$python" -c 'from importlib.metadata import version; print(version("llama-cpp-python"))')"
+    "$python" -m pip download --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work" >/dev/null
+    tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+    src="$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)"
+elif [ -f "$src" ]; then
+    mkdir "$work/src"
+    tar -xJf "$src" -C "$work/src" --strip-components 1
+    src="$work/src"
+fi
 mkdir -p "$out"
 if [ "$rpc_server_only" = 1 ]; then
     cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_RPC=ON -DBUILD_SHARED_LIBS=OFF \
