@@ -7,14 +7,16 @@ default prompts, one streaming client, one request at a time. Decode tokens/s is
 - edge-tree serve: (completion tokens - 1) / (time of the last streamed text - time of the first);
 - edge-tree generate: the same, from the times its standard output receives text (one process per
   prompt, tokens from --stats-json);
-- llama-server -m T -md D (its own speculative decoding, default settings; DIR holds the binary as
-  built by scripts/build_llama_cpp.sh): its `timings.predicted_per_second` on the last chunk.
+- llama-server -m T -md D --spec-type draft-simple (its own speculative decoding, default settings
+  otherwise; DIR holds the binary as built by scripts/build_llama_cpp.sh): its
+  `timings.predicted_per_second` on the last chunk.
 Prints one line per prompt and the ratios of the totals.
 
     python scripts/bench_serve.py --clients 1,2,4,8,16 --llama-cpp DIR [-m T -md D] [--pair A|B]
 
 Many clients at once: for each count N, `edge-tree serve -np N` against `llama-server -np N`
-plain and with `-md D` (its own speculative decoding), the same files, threads and context per
+plain and with `-md D --spec-type draft-simple` (its own speculative decoding: `-md` alone loads
+the draft and decodes plainly), the same files, threads and context per
 slot (-c N x --ctx-size on each), both at their defaults otherwise (llama.cpp's weight repacking
 on). N streaming clients each send --per-client requests in turn (greedy, different prompts);
 aggregate decode tokens/s = the tokens each server counted / the wall time of the whole load,
@@ -66,7 +68,7 @@ def main() -> None:
     rows["generate"] = [generate(load, p, args.max_tokens) for p in prompts]
     if args.llama_cpp:
         binary = Path(args.llama_cpp) / "llama-server"
-        command = [str(binary), "-m", target, "-md", draft, "-t", str(args.threads), "-td", str(args.threads),
+        command = [str(binary), "-m", target, *draft_args(draft), "-t", str(args.threads), "-td", str(args.threads),
                    "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}", *offload(args),
                    # the same weight layout as ours (no extra buffer types on AMX CPUs: llama.py)
                    *(() if USE_EXTRA_BUFFER_TYPES else ("--no-repack",))]
@@ -145,8 +147,16 @@ def server_commands(args, target: str, draft: str, n: int, ctx: int) -> dict[str
     return {"edge-tree": ([edge_tree_exe(), "serve", "-m", target, "-md", draft, "-t", threads, "-c", str(ctx),
                            "-np", str(n), "--queue", "256", "--port", "{port}", *offload(args)], None),
             "llama-server": (llama, binary.parent),
-            "llama-server -md": (llama + ["-md", draft, "-td", threads, "-ngld", str(args.draft_n_gpu_layers)],
-                                 binary.parent)}
+            "llama-server -md": (llama + [*draft_args(draft), "-td", threads,
+                                          "-ngld", str(args.draft_n_gpu_layers)], binary.parent)}
+
+
+def draft_args(draft: str) -> list[str]:
+    """llama-server's own speculative decoding with a draft model. Since llama.cpp's speculative
+    types (2026), `-md` alone loads the draft, finds no type asked for and decodes plainly (its
+    log: "no implementations specified for speculative decoding"); `draft-simple` is the draft
+    model's type."""
+    return ["-md", draft, "--spec-type", "draft-simple"]
 
 
 def offload(args) -> list[str]:

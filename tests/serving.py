@@ -88,14 +88,8 @@ class ServerProcess:
     def _wait_ready(self) -> None:
         if not self._url_found.wait(START_TIMEOUT_S):
             raise AssertionError(f"edge-tree serve did not start: {self.stderr}")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError(f"/health never answered: {self.stderr}")
+        health = self.wait_health(lambda health: health.get("status") == "ok")
+        assert health.get("status") == "ok", f"/health never answered ok: {health} {self.stderr}"
 
     @property
     def stderr(self) -> str:

@@ -2,7 +2,10 @@
 table on canned runs, the demo pairs, the built-in prompts, and the options shared with
 `edge-tree generate`."""
 
+import argparse
+import importlib.util
 import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -228,3 +231,28 @@ def test_bad_max_tokens_gets_the_same_message_as_generate(tmp_path):
     assert from_bench.exit_code == from_generate.exit_code == 2
     assert from_bench.stderr == from_generate.stderr == \
         "edge-tree: error: --max-tokens: must be at least 1, got 0\n"
+
+
+def _bench_serve():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_servers_bench_runs_llama_servers_own_speculative_decoding_and_offloads_every_server():
+    # `llama-server -md D` alone loads the draft and decodes plainly: the peer's speculative row
+    # must ask for its draft-model type, or the bench compares against plain decoding twice
+    bench_serve = _bench_serve()
+    args = argparse.Namespace(llama_cpp="/opt/llama", threads=2, n_gpu_layers=99, draft_n_gpu_layers=7)
+    commands = bench_serve.server_commands(args, "t.gguf", "d.gguf", 4, 8192)
+    speculative = commands["llama-server -md"][0]
+    assert flag_value(speculative, "-md") == "d.gguf"
+    assert flag_value(speculative, "--spec-type") == "draft-simple"
+    assert "-md" not in commands["llama-server"][0]
+    for command, _ in commands.values():
+        assert flag_value(command, "-ngl") == "99"
+        assert flag_value(command, "-np") == "4" and flag_value(command, "-c") == "8192"
+    for name in ("edge-tree", "llama-server -md"):
+        assert flag_value(commands[name][0], "-ngld") == "7"
