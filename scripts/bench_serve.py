@@ -152,10 +152,10 @@ def server_commands(args, target: str, draft: str, n: int, ctx: int) -> dict[str
 
 
 def draft_args(draft: str) -> list[str]:
-    """llama-server's own speculative decoding with a draft model. Since llama.cpp's speculative
-    types (2026), `-md` alone loads the draft, finds no type asked for and decodes plainly (its
-    log: "no implementations specified for speculative decoding"); `draft-simple` is the draft
-    model's type."""
+    """llama-server's own speculative decoding with a draft model. In the llama.cpp that
+    llama-cpp-python 0.3.36 vendors, `--spec-type` chooses how a server speculates, and `-md`
+    alone loads the draft, finds no type asked for and decodes plainly (its log: "no
+    implementations specified for speculative decoding"); `draft-simple` is the draft model's."""
     return ["-md", draft, "--spec-type", "draft-simple"]
 
 

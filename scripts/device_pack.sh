@@ -11,9 +11,9 @@
 #
 #   scripts/device_pack.sh [--python 3.12] [--smollm2 models/SmolLM2-135M-Instruct.Q4_1.gguf]
 #
-# Then one call per folder, in order, each carrying that folder and running
-# `scripts/gpu_check.sh stage` (the first starts the CUDA build in the background), and a last
-# call running `scripts/gpu_check.sh run`. Printed at the end.
+# Then one call per folder, in order, each carrying that folder and running `CUDA_ARCH=90
+# scripts/gpu_check.sh stage` (the first starts the CUDA build in the background: the
+# architecture is chosen there), and calls running `scripts/gpu_check.sh run`. Printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python_version=3.12
@@ -87,6 +87,7 @@ echo $(( part - 1 )) > .device/1/models.parts
 
 echo "packed: $(du -sh .device | cut -f1) in $(( part - 1 )) folders. The device calls, each within 30 s of the last:"
 for k in $(seq 1 $(( part - 1 ))); do
-    echo "  carry [\".device/$k\"]   command: bash scripts/gpu_check.sh stage"
+    echo "  carry [\".device/$k\"]   command: CUDA_ARCH=90 bash scripts/gpu_check.sh stage"
 done
-echo "  (no carry)   command: CUDA_ARCH=90 bash scripts/gpu_check.sh run   (timeout_s 600)"
+echo "  (no carry)   command: bash scripts/gpu_check.sh run [CHECK ...]   (timeout_s 600; a check or"
+echo "               two a call: their list is in scripts/gpu_check.sh)"

@@ -20,7 +20,7 @@
 #   lanes   many generations at once on the engine alone (scripts/bench_lanes.py)
 #   serve   scripts/bench_serve.py --clients 1,2,4,8,16 against llama-server -np N, plain and -md
 # CUDA_ARCH: the build's CUDA architectures (default native; 90 for an H100 / H200, 89 for an
-# RTX 40xx). THREADS: CPU threads for both sides (default 8). Tables to stdout, JSON and logs to
+# RTX 40xx; offline, give it to `stage`, where the build starts). THREADS: CPU threads for both sides (default 8). Tables to stdout, JSON and logs to
 # $OUT (the device tool's folder) or gpu-check/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
