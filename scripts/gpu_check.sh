@@ -57,13 +57,16 @@ use_stage() {
     done
     [ "$(cat "$tools.rc")" = 0 ] || { tail -20 "$stage_dir/build.log" >&2; say "the build failed"; exit 1; }
     if [ ! -d "$stage_dir/models" ]; then
-        local parts; parts="$(cat "$stage_dir/parts/models.parts")"
+        local parts k; parts="$(cat "$stage_dir/parts/models.parts")"
         for k in $(seq 1 "$parts"); do
             [ -f "$stage_dir/parts/models.part-$k" ] || { say "models.part-$k never came: stage .device/$k"; exit 1; }
-            cat "$stage_dir/parts/models.part-$k"
-        done > "$stage_dir/models.tar"
-        (cd "$stage_dir" && sha256sum --quiet -c parts/models.sha256)
-        mkdir -p "$stage_dir/models.new" && tar -xf "$stage_dir/models.tar" -C "$stage_dir/models.new"
+        done
+        for k in $(seq 1 "$parts"); do cat "$stage_dir/parts/models.part-$k"; done > "$stage_dir/models.tar"
+        if ! (cd "$stage_dir" && sha256sum --quiet -c parts/models.sha256); then
+            rm -f "$stage_dir/models.tar"; say "the models' pieces do not add up: pack and stage them again"; exit 1
+        fi
+        rm -rf "$stage_dir/models.new" && mkdir "$stage_dir/models.new"
+        tar -xf "$stage_dir/models.tar" -C "$stage_dir/models.new"
         rm "$stage_dir/models.tar" && mv "$stage_dir/models.new" "$stage_dir/models"
     fi
     python=python3
