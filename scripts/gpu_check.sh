@@ -72,6 +72,7 @@ use_stage() {
     python=python3
     local site="$stage_dir/site"
     if [ ! -d "$site" ]; then
+        rm -rf "$site.new"
         "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site.new" \
             "$stage_dir"/base/wheels/*.whl "$stage_dir"/models/*.whl
         mv "$site.new" "$site"
