@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from click.testing import CliRunner
 
 from edge_tree.cli import main
 from serving import edge_tree_exe
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"  # the measuring scripts, run as users run them
 
 
 def invoke(*args, input=None):

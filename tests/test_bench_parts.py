@@ -5,7 +5,6 @@ table on canned runs, the demo pairs, the built-in prompts, and the options shar
 import argparse
 import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -20,6 +19,7 @@ from edge_tree.bench.tools import (COMPLETION_ROW, SPEC_CONFIGS, completion_comm
                                    speculative_command, tool_commands)
 from edge_tree.cli import main
 from edge_tree.errors import UsageError
+from commands import SCRIPTS
 from toolargs import flag_value, settings
 
 # -- llama.cpp's command lines ----------------------------------------------------------------------
@@ -234,8 +234,7 @@ def test_bad_max_tokens_gets_the_same_message_as_generate(tmp_path):
 
 
 def _bench_serve():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_serve.py"
-    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    spec = importlib.util.spec_from_file_location("bench_serve", SCRIPTS / "bench_serve.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -33,7 +33,7 @@ from edge_tree.core.slots import Slots
 from edge_tree.llamacpp.modelfile import check_gguf
 from edge_tree.viz.jsonl import read_trace
 
-from commands import assert_one_line_error, run
+from commands import SCRIPTS, assert_one_line_error, run
 from serving import edge_tree_exe
 
 THREADS = "1"  # a shared 2-core machine
@@ -468,9 +468,6 @@ def test_a_4000_token_generation_keeps_memory_flat(tiny_target, tiny_draft_same,
               f"after another short one {again / 1024:.1f} MiB")
     assert long_ - short <= 0.05 * short + 6 * 1024, (short, long_)
     assert again - long_ <= 0.01 * long_, (long_, again)  # nothing kept from the long run
-
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @pytest.mark.parametrize("script", ["bench_lanes.py", "call_costs.py", "host_time.py", "round_profile.py"])
