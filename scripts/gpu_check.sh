@@ -101,10 +101,14 @@ check_smoke() {
         2>&1 | tee "$out/smoke.txt"
 }
 
+# edge-tree bench with every layer offloaded, beside llama.cpp's tools from the same build
+bench_offloaded() {
+    edge-tree bench -ngl 99 -ngld 99 -t "$threads" -n 128 --modes ar,chain:8,tree --llama-cpp "$tools" -q "$@"
+}
+
 check_pairs() {
     for pair in A B C; do
-        edge-tree bench --pair "$pair" -ngl 99 -ngld 99 -t "$threads" -n 128 --modes ar,chain:8,tree \
-            --llama-cpp "$tools" --json "$out/pair$pair.json" -q | tee -a "$out/pairs.txt"
+        bench_offloaded --pair "$pair" --json "$out/pair$pair.json" | tee -a "$out/pairs.txt"
     done
 }
 
@@ -115,8 +119,7 @@ check_smollm2() {
     [ -f "$f32" ] || "$python" -c "import edge_tree, sys; from edge_tree.llamacpp.demo import dequantize_to_f32; \
 dequantize_to_f32(sys.argv[1], sys.argv[2])" "$smollm2_q4_1" "$f32"
     [ -f "$q4_0" ] || edge-tree models make-draft "$f32" --quant Q4_0 -o "$q4_0"
-    edge-tree bench -m "$f32" -md "$q4_0" -ngl 99 -ngld 99 -t "$threads" -n 128 \
-        --modes ar,chain:8,tree --llama-cpp "$tools" --json "$out/smollm2.json" -q | tee "$out/smollm2.txt"
+    bench_offloaded -m "$f32" -md "$q4_0" --json "$out/smollm2.json" | tee "$out/smollm2.txt"
 }
 
 check_lanes() {
