@@ -10,7 +10,7 @@ import pytest
 from edge_tree.core.costs import LEARNING_RATE, CostModel
 from edge_tree.core.policy import (AdaptivePolicy, Caps, ProbCalibration, RankAcceptance, Taught, best_shape,
                                    chain_shape, grow_levels, round_rate, shape_rate, shape_share)
-from edge_tree.core.plan import Beside, RoundOutcome, TreeShape
+from edge_tree.core.plan import Backlog, Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
 
@@ -218,6 +218,42 @@ def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():
                                     0.0, 0.0012, 0.0017, (0.0012, 0.0)))
     tried = sum(p.use_model for p in plans)
     assert 1 <= tried <= 3 and not plans[-1].use_model
+
+
+def test_a_tree_whose_draft_must_first_read_a_backlog_waits_for_tokens_enough_to_pay_it_back():
+    """A tree whose draft must first read 400 committed tokens (a prompt read beside others,
+    rounds decoded plainly) pays that back only over enough tokens: with a few left, plain
+    decoding, and it tells the others so; with many, the tree. A sampled generation plans from
+    its seed alone, whatever its lane's draft happens to hold."""
+    policy = AdaptivePolicy(replace(CPU))
+    policy.acceptance.pi = lambda: DRAFT_B
+    assert policy.plan("tree", Caps(), backlog=Backlog(0, 4)).use_model  # nothing to read
+    tree_share = policy.share
+    short = policy.plan("tree", Caps(), backlog=Backlog(400, 4))
+    assert not short.use_model and short.max_total_nodes == 0 and policy.share.tokens == 1
+    assert policy.plan("tree", Caps(), backlog=Backlog(400, 10_000)).use_model and policy.share == tree_share
+    policy.reset(learn_costs=False)
+    assert policy.plan("tree", Caps(), backlog=Backlog(400, 4)).use_model
+
+
+def test_a_try_of_the_draft_waits_longer_while_its_backlog_takes_longer_to_read():
+    """Trying the draft while plain decoding wins costs the read of what it has not seen as well:
+    a backlog as long to read as three plain rounds spaces the tries four times as far apart."""
+    cost = CostModel(GPU_H200, GPU_H200, host_per_round=0.0005, host_per_call=0.0004)
+    backlog = next(n for n in range(1, 10_000) if cost.read_s(n) >= 3 * cost.plain_s())
+
+    def tries(unread: int) -> int:
+        policy = AdaptivePolicy(replace(cost))
+        policy.acceptance.pi = lambda: DRAFT_A  # plain decoding wins, narrowly
+        tried = 0
+        for _ in range(16 * AdaptivePolicy.EXPLORE_EVERY):
+            plan = policy.plan("tree", Caps(), backlog=Backlog(unread, 10_000))
+            tried += plan.use_model
+            policy.observe(RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), plan, (),
+                                        0.0, 0.0012, 0.0017, (0.0012, 0.0)))
+        return tried
+
+    assert tries(0) >= 12 and 2 <= tries(backlog) <= tries(0) / 3
 
 
 def test_a_busier_machine_slows_the_draft_too_until_the_draft_is_measured():

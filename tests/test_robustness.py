@@ -142,7 +142,7 @@ class RandomPlans:
         self.rng = random.Random(seed)
         self.share = PLAIN_SHARE
 
-    def plan(self, mode, caps, beside=None) -> TreeShape:
+    def plan(self, mode, caps, beside=None, backlog=None) -> TreeShape:
         r = self.rng
         return TreeShape(max_depth=r.randint(0, 40), max_nodes_per_level=r.randint(1, 24),
                          max_total_nodes=r.randint(0, 300), branch=r.randint(1, 4), expand=r.randint(1, 12),

@@ -296,3 +296,31 @@ def test_the_slots_learn_the_draft_together(tiny_target, tiny_draft_same):
         assert first.learned is second.learned and first.cost is second.cost
         second.reset(learn_costs=False)
         assert second.learned is not first.learned and second.cost is not first.cost
+
+
+def test_each_plan_knows_what_the_draft_has_yet_to_read_and_the_tokens_left(alone, slots, monkeypatch):
+    """A run that reads its prompt beside others leaves it unread by the draft until a tree needs
+    it (Backlog.unread: what a tree would first pay), a run alone has the draft read it with the
+    prompt; every plan knows the tokens the run may still make (Backlog.left)."""
+    def spy(policy, seen):
+        plan = policy.plan
+        monkeypatch.setattr(policy, "plan", lambda mode, caps, beside, backlog: (seen.append(backlog),
+                                                                                   plan(mode, caps, beside, backlog))[1])
+
+    beside: dict[int, list] = {}
+    for lane, policy in enumerate(lane.policy for lane in slots.lanes):
+        spy(policy, beside.setdefault(lane, []))
+    fresh = {"max_tokens": MAX_TOKENS, "cache_prompt": False}  # nothing kept from the tests before
+    results = run_all(slots, {k: (PROMPTS[k], fresh) for k in range(2)})
+    planned = [seen for seen in beside.values() if seen]  # the two lanes the requests took
+    # the first token came out of the prompt's pass, unplanned: the draft has read nothing yet
+    assert sorted(seen[0].unread for seen in planned) == sorted(r.stats["prompt_tokens"] for r in results.values())
+    for seen in planned:
+        assert seen[0].left == MAX_TOKENS - 1
+        assert len(seen) > 1 and all(b.unread < seen[0].unread for b in seen[1:])  # the first tree read it
+        lefts = [b.left for b in seen]
+        assert lefts == sorted(set(lefts), reverse=True)  # every round made tokens
+    lone: list = []
+    spy(alone.models.lanes[0].policy, lone)
+    alone.generate(PROMPTS[0], max_tokens=MAX_TOKENS)
+    assert lone[0].unread == 0 and lone[0].left == MAX_TOKENS

@@ -78,6 +78,9 @@ class LookupGraftDrafter:
         if self._model_round:  # else the draft's cache lags behind the context
             self.model.ahead(tree, busy)
 
+    def unread(self, tokens) -> int:
+        return self.model.unread(tokens)
+
     def observe(self, tree, verdict) -> None:
         guessed = sum(1 for i in verdict.accepted if tree.source[i] == NGRAM)
         self._streak = guessed >= self.STREAK

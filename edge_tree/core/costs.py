@@ -70,6 +70,14 @@ class CostModel:
         """A draft call over n tokens."""
         return self.draft_scale * self._draft[n]
 
+    def read_s(self, n: int) -> float:
+        """What n more tokens add to a draft call: the draft reading a backlog with a round's first
+        call (a prompt longer than the table: its last slope)."""
+        table = self._draft
+        end = len(table) - 1
+        fed = table[1 + n] if n < end else table[end] + (table[end] - table[end - 1]) * (1 + n - end)
+        return self.draft_scale * (fed - table[1])
+
     def round_s(self, calls: Sequence[int], nodes: int, beside: Beside = ALONE) -> float:
         """A round: draft calls of these sizes, a target pass over the root and nodes, and the
         host's work; with other generations' work beside it in a shared round."""

@@ -11,6 +11,8 @@ As in Hugging Face's CandidateGenerator, the loop knows drafters only through th
                              one llama_decode (core/slots.py); it returns the Proposal
     ahead(tree, busy)        work while the target verifies the tree elsewhere (or nothing)
     observe(tree, verdict)   learn the outcome, trim caches
+    unread(tokens)           committed tokens the draft model has yet to read: what a tree
+                             of this context pays first (the policy weighs it)
 and `extra_nodes`, the nodes a drafter may add beyond the policy's plan (guesses found in the
 context), for which the loop leaves room within the user's hard caps.
 """
@@ -99,3 +101,5 @@ class Drafter(Protocol):
     def ahead(self, tree: TokenTree, busy: Callable[[], bool]) -> None: ...
 
     def observe(self, tree: TokenTree, verdict: Verdict) -> None: ...
+
+    def unread(self, tokens: Sequence[int]) -> int: ...

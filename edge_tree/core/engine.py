@@ -23,7 +23,7 @@ from .drafting import DraftCall, DraftRequest, Proposal, Proposing, root_only, r
 from .lanes import Lane
 from .models import LoadedModels
 from .options import DRAFT_MODES, GenOptions, LoadOptions, split_options
-from .plan import ALONE, PLAIN, Beside, RoundOutcome, TreeShape
+from .plan import ALONE, PLAIN, Backlog, Beside, RoundOutcome, TreeShape
 from .policy import Caps
 from .stats import RunStats
 from .steps import step_record, trace_header
@@ -318,11 +318,12 @@ class Run:
     def _shape(self, n_tokens: int, beside: Beside = ALONE) -> TreeShape:
         """The policy's plan, cut to the hard limits: the user's caps, the KV cells left beside
         the committed tokens, the sequences a tree may use, and the tokens still wanted."""
-        plan = self.policy.plan(self.mode, self.caps, beside)
-        if not self.drafter:
-            return plan  # plain decoding: nothing to cut
         cells = self.lane.cells - n_tokens
         remaining = self.options.max_tokens - len(self.generated)  # no point drafting past the end
+        unread = self.drafter.unread(self.tokens) if self.drafter else 0
+        plan = self.policy.plan(self.mode, self.caps, beside, Backlog(unread, min(remaining, cells)))
+        if not self.drafter:
+            return plan  # plain decoding: nothing to cut
         depth_cap = max(0, min(self.caps.max_depth or NO_CAP, remaining - 1, cells - 1))
         node_cap = max(0, min(self.caps.max_total_nodes, cells - 1))
         depth = min(plan.max_depth, depth_cap)

@@ -62,3 +62,6 @@ class LookupDrafter:
 
     def observe(self, tree, verdict) -> None:
         pass
+
+    def unread(self, tokens) -> int:
+        return 0  # no model to read them

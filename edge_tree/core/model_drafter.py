@@ -245,6 +245,11 @@ class DraftModelDrafter:
         _, seconds = decode_calls(self.ctx, self.batch, [call])
         return 0, seconds
 
+    def unread(self, tokens: Sequence[int]) -> int:
+        """The committed tokens before the root that seq0 lacks (none where the last pass's
+        work ahead holds the root too)."""
+        return max(0, len(tokens) - 1 - self.n_cached)
+
     def _take_ready(self, tokens: list[int]) -> Ahead | None:
         """The rows decoded ahead, if they are still this context's (the committed prefix and the
         root are in seq0, the draft's further choices in the guess seq); else drop their cells

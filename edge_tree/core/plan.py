@@ -6,6 +6,7 @@ that neither needs the other to read it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,20 @@ class Beside:
 
 
 ALONE = Beside()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a tree must first pay, and the tokens it has to pay it back in: the committed tokens
+    the draft model has not read (a prompt read beside others, rounds decoded without the draft),
+    which a tree's first draft call reads while every generation in the round waits; and the
+    tokens the generation may still make (a tree saves time on each of them)."""
+
+    unread: int = 0
+    left: float = math.inf
+
+
+NO_BACKLOG = Backlog()
 # what a plain round brings: its token, its root in the pass (also a run that reads its prompt:
 # the policy plans beside it as beside a plain run)
 PLAIN_SHARE = Beside(1.0, 0.0, 1, 1)

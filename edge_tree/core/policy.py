@@ -11,7 +11,7 @@ import numpy as np
 from ..records import walked
 from .costs import CostModel
 from .options import MAX_TREE_NODES
-from .plan import ALONE, GUESS_LEN, PLAIN, PLAIN_SHARE, Beside, RoundOutcome, TreeShape, prob_bin
+from .plan import ALONE, GUESS_LEN, NO_BACKLOG, PLAIN, PLAIN_SHARE, Backlog, Beside, RoundOutcome, TreeShape, prob_bin
 from .tree import DRAFT, NGRAM
 
 CHAIN_DEPTH = 8
@@ -59,7 +59,7 @@ def fixed_plan(mode: str, caps: Caps) -> TreeShape | None:
 class Policy(Protocol):
     share: Beside  # what the last plan brings to a shared round
 
-    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape: ...
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE, backlog: Backlog = NO_BACKLOG) -> TreeShape: ...
 
     def observe(self, outcome: RoundOutcome) -> None: ...
 
@@ -73,7 +73,7 @@ class FixedPolicy:
         self.base = base
         self.reset()
 
-    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape:
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE, backlog: Backlog = NO_BACKLOG) -> TreeShape:
         shape = fixed_plan(mode, caps) or self._tree(caps)
         self.share = Beside(1.0, 0.0, 1 + shape.max_total_nodes, 1)  # no costs known: its nodes
         return shape
@@ -322,6 +322,23 @@ class Learned:
     tried_at: int | None = None  # the round of the last try
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A search's answer for one set of caps and others in the round: the plan, what it brings
+    to a shared round, the seconds it saves a token of this generation against plain rounds (0
+    where it is plain), plain decoding with guesses and its share (for a tree that cannot pay
+    back the draft's backlog), a tree to try now and then while plain decoding wins (_hope),
+    and the round it was made in."""
+
+    chosen: TreeShape
+    share: Beside
+    saved_per_token: float
+    plain: TreeShape
+    plain_share: Beside
+    explore: TreeShape | None
+    at: int = 0
+
+
 @dataclass
 class Taught:
     """What greedy generations taught about a model pair on this machine: the costs as their
@@ -356,11 +373,11 @@ class AdaptivePolicy:
         decides which random draws are made): it starts from the prior acceptance and plans with
         the costs as calibrated, unchanged by its rounds."""
         if not (learn_costs and self.learn_costs):
-            # by caps and the other generations in the round: (round planned, plan, tree to try,
-            # share). A greedy generation goes on with the plans of the greedy one before (a
-            # search costs a millisecond, and five in a short generation's first rounds showed in
-            # its host time); a sampled one plans afresh, and so does the greedy one after it.
-            self._plans: dict[tuple[Caps, int], tuple[int, TreeShape, TreeShape | None, Beside]] = {}
+            # by caps and the other generations in the round. A greedy generation goes on with
+            # the plans of the greedy one before (a search costs a millisecond, and five in a
+            # short generation's first rounds showed in its host time); a sampled one plans
+            # afresh, and so does the greedy one after it.
+            self._plans: dict[tuple[Caps, int], Planned] = {}
             self._rounds = 0
         self.cost = self._taught.cost if learn_costs else self._calibrated
         self.learned = self._taught.learned if learn_costs else Learned()
@@ -379,44 +396,62 @@ class AdaptivePolicy:
     def guesses(self) -> GuessAcceptance:
         return self.learned.guesses
 
-    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE) -> TreeShape:
+    def plan(self, mode: str, caps: Caps, beside: Beside = ALONE, backlog: Backlog = NO_BACKLOG) -> TreeShape:
         """The round's shape; beside: what the other generations bring to a shared round, whose
-        tokens per second, all generations together, the plan maximises."""
+        tokens per second, all generations together, the plan maximises; backlog: what a tree
+        would first pay, and the tokens left to pay it back in."""
         fixed = fixed_plan(mode, caps)
         if fixed:
             return fixed
         # learn fast while statistics are thin: replan after rounds 1, 2, 4 and 8, then every 8,
         # and when generations join or leave the shared round
         key = (caps, beside.runs)
-        last = self._plans[key][0] if key in self._plans else None
+        last = self._plans[key].at if key in self._plans else None
         due = min(max(last, 1), self.REPLAN_EVERY) if last is not None else 0
         if last is None or self._rounds >= last + due:
-            self._plans[key] = (self._rounds, *self._plan(caps, beside.rounded()))
-        _, chosen, explore, self.share = self._plans[key]
+            self._plans[key] = self._plan(caps, beside.rounded())
+        planned = self._plans[key]
+        if not self.learn_costs:  # sampled: its plans follow from its seed alone, not from what
+            backlog = NO_BACKLOG  # the draft kept of whatever ran on its lane before
+        reading_s = self.cost.read_s(backlog.unread)
         # a try stalls the whole shared round: one in EXPLORE_EVERY target passes, whichever
         # slot's (what it learns about the draft serves every slot)
-        if explore is not None and self._try_due(beside.runs):
+        if planned.explore is not None and self._try_due(beside, reading_s):
             self.learned.tried_at = self.learned.rounds
-            return explore
-        return chosen
+            self.share = planned.share
+            return planned.explore
+        if planned.saved_per_token and planned.saved_per_token * backlog.left < reading_s:
+            self.share = planned.plain_share
+            return planned.plain
+        self.share = planned.share
+        return planned.chosen
 
-    def _try_due(self, others: int) -> bool:
-        """Whether EXPLORE_EVERY passes went by since the last try: as many rounds per pass as
+    def _try_due(self, beside: Beside, reading_s: float) -> bool:
+        """Whether EXPLORE_EVERY passes went by since the last try, as many more again for every
+        plain round's time the draft's backlog takes to read: as many rounds per pass as
         generations share it (the others count their rounds in the same Learned)."""
         learned = self.learned
-        return learned.tried_at is None or learned.rounds >= learned.tried_at + self.EXPLORE_EVERY * (1 + others)
+        if learned.tried_at is None:
+            return True
+        priced = 1.0 + reading_s / self.cost.plain_s(beside)
+        return learned.rounds >= learned.tried_at + self.EXPLORE_EVERY * (1 + beside.runs) * priced
 
-    def _plan(self, caps: Caps, beside: Beside) -> tuple[TreeShape, TreeShape | None, Beside]:
-        """The plan to use, a tree to try now and then while plain decoding wins (_hope), and
-        what the plan brings to a shared round."""
+    def _plan(self, caps: Caps, beside: Beside) -> Planned:
+        """The plan to use, and what it brings to a shared round (Planned)."""
         pi = np.round(self.acceptance.pi(), 2)  # coarse: the searches below are remembered by it
         shape = self._best_shape(caps, pi, beside)
         rate = shape_rate(shape, pi, self.cost, beside)
         plain_rate = (1.0 + beside.tokens) / self.cost.plain_s(beside)
+        plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
+        plain_share = shape_share(PLAIN, pi, self.cost)
         if rate <= plain_rate:
-            plain = replace(PLAIN, guess_nodes=guess_budget(self.guesses.rate(), plain_rate, self.cost))
-            return plain, self._hope(caps, beside, plain_rate), shape_share(PLAIN, pi, self.cost)
-        return self._tree(shape, rate, caps, pi), None, shape_share(shape, pi, self.cost, beside)
+            return Planned(plain, plain_share, 0.0, plain, plain_share, self._hope(caps, beside, plain_rate),
+                           self._rounds)
+        share = shape_share(shape, pi, self.cost, beside)
+        # the round's tokens (this generation's share.tokens) take 1/rate a token in trees,
+        # 1/plain_rate in plain rounds
+        saved = (share.tokens + beside.tokens) / share.tokens * (1 / plain_rate - 1 / rate)
+        return Planned(self._tree(shape, rate, caps, pi), share, saved, plain, plain_share, None, self._rounds)
 
     def _hope(self, caps: Caps, beside: Beside, plain_rate: float) -> TreeShape | None:
         """The tree to try while plain decoding wins: the best under the acceptance the draft
