@@ -325,10 +325,10 @@ class Learned:
 @dataclass(frozen=True)
 class Planned:
     """A search's answer for one set of caps and others in the round: the plan, what it brings
-    to a shared round, the seconds it saves a token of this generation against plain rounds (0
-    where it is plain), plain decoding with guesses and its share (for a tree that cannot pay
-    back the draft's backlog), a tree to try now and then while plain decoding wins (_hope),
-    and the round it was made in."""
+    to a shared round, the most seconds a tree saves a token of this generation (_saved_alone),
+    plain decoding with guesses and its share (for a tree that cannot pay back the draft's
+    backlog), a tree to try now and then while plain decoding wins (_hope), and the round it was
+    made in."""
 
     chosen: TreeShape
     share: Beside
@@ -420,7 +420,7 @@ class AdaptivePolicy:
             self.learned.tried_at = self.learned.rounds
             self.share = planned.share
             return planned.explore
-        if planned.saved_per_token and planned.saved_per_token * backlog.left < reading_s:
+        if planned.chosen.use_model and planned.saved_per_token * backlog.left < reading_s:
             self.share = planned.plain_share
             return planned.plain
         self.share = planned.share
@@ -447,11 +447,14 @@ class AdaptivePolicy:
         if rate <= plain_rate:
             return Planned(plain, plain_share, 0.0, plain, plain_share, self._hope(caps, beside, plain_rate),
                            self._rounds)
-        share = shape_share(shape, pi, self.cost, beside)
-        # the round's tokens (this generation's share.tokens) take 1/rate a token in trees,
-        # 1/plain_rate in plain rounds
-        saved = (share.tokens + beside.tokens) / share.tokens * (1 / plain_rate - 1 / rate)
-        return Planned(self._tree(shape, rate, caps, pi), share, saved, plain, plain_share, None, self._rounds)
+        return Planned(self._tree(shape, rate, caps, pi), shape_share(shape, pi, self.cost, beside),
+                       self._saved_alone(caps, pi), plain, plain_share, None, self._rounds)
+
+    def _saved_alone(self, caps: Caps, pi: np.ndarray) -> float:
+        """The seconds a tree saves a token against plain decoding with no other generation beside
+        it: the most it saves beside others too, who may finish first and leave it alone."""
+        alone = self._best_shape(caps, pi, ALONE)
+        return max(self.cost.plain_s() - 1 / shape_rate(alone, pi, self.cost), 0.0)
 
     def _hope(self, caps: Caps, beside: Beside, plain_rate: float) -> TreeShape | None:
         """The tree to try while plain decoding wins: the best under the acceptance the draft
