@@ -46,7 +46,6 @@ import httpx
 from edge_tree.bench.prompts import default_prompts
 from edge_tree.errors import user_errors
 from edge_tree.llamacpp.demo import ensure_demo
-from edge_tree.llamacpp.llama import USE_EXTRA_BUFFER_TYPES
 
 READY_TIMEOUT_S = 300
 
@@ -69,9 +68,7 @@ def main() -> None:
     if args.llama_cpp:
         binary = Path(args.llama_cpp) / "llama-server"
         command = [str(binary), "-m", target, *draft_args(draft), "-t", str(args.threads), "-td", str(args.threads),
-                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}", *offload(args),
-                   # the same weight layout as ours (no extra buffer types on AMX CPUs: llama.py)
-                   *(() if USE_EXTRA_BUFFER_TYPES else ("--no-repack",))]
+                   "-c", str(args.ctx_size), "-np", "1", "--host", "127.0.0.1", "--port", "{port}", *offload(args)]
         with Server(command, library_dir=binary.parent) as url:
             stream_llama_server(url, prompts[0], 8)
             rows["llama-server"] = [stream_llama_server(url, p, args.max_tokens) for p in prompts]

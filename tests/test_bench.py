@@ -225,8 +225,9 @@ def test_format_table(tiny_result):
 def test_run_bench_with_llama_cpp_tools(tmp_path, tiny_target, tiny_draft_same, monkeypatch,
                                         extra_buffer_types):
     """Fake tools: llama-completion prints the captured output and keeps its arguments,
-    llama-speculative fails. They get our GPU layers, and --no-repack where our engine loads
-    models without llama.cpp's extra buffer types."""
+    llama-speculative fails. They get our GPU layers, and their own weight layout (no --no-repack)
+    even where our engine loads models without llama.cpp's extra buffer types; the config says
+    which layout ours used."""
     from edge_tree.llamacpp import llama
 
     monkeypatch.setattr(llama, "USE_EXTRA_BUFFER_TYPES", extra_buffer_types)
@@ -239,7 +240,7 @@ def test_run_bench_with_llama_cpp_tools(tmp_path, tiny_target, tiny_draft_same, 
                        threads=1, llama_cpp_dir=tmp_path, progress=False, ctx_size=256,
                        n_gpu_layers=-1, draft_n_gpu_layers=3)
     args = (tmp_path / "args.txt").read_text().split()
-    assert args[args.index("-ngl") + 1] == "all" and ("--no-repack" in args) is not extra_buffer_types
+    assert args[args.index("-ngl") + 1] == "all" and "--no-repack" not in args
     assert result["config"]["weight_repacking"] is extra_buffer_types
     spec_cmd = result["config"]["llama_cpp_commands"]["llama.cpp spec chain 8"]
     assert spec_cmd[spec_cmd.index("-ngld") + 1] == "3"

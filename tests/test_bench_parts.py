@@ -44,12 +44,12 @@ def test_tool_commands_pass_gpu_layers_zero_explicitly(tmp_path):
     assert flag_value(speculative_command(s, "hi", 4, 1), "-ngld") == "0"
 
 
-@pytest.mark.parametrize("repack", [True, False])
-def test_tool_commands_no_repack_follows_the_engine(tmp_path, repack):
-    commands = tool_commands(settings(tmp_path, repack=repack))
+def test_tool_commands_leave_llama_cpps_weight_repacking_at_its_default(tmp_path):
+    """The peer runs as a user runs it: never --no-repack, whatever layout our engine uses."""
+    commands = tool_commands(settings(tmp_path))
     assert list(commands) == [COMPLETION_ROW] + [c[0] for c in SPEC_CONFIGS]
     for cmd in commands.values():
-        assert ("--no-repack" in cmd) is (not repack)
+        assert "--no-repack" not in cmd
         assert "PROMPT" in cmd
 
 
@@ -149,7 +149,7 @@ def test_table_shows_settings_offload_and_host_time(rows):
     assert re.search(r"\b2\.00x\b", tree_line)  # vs ar
     assert len({len(line) for line in lines[2:4]}) == 1 and header[0].strip() == "mode"
     assert f"{COMPLETION_ROW}: 1/2 runs failed: llama-completion exited with 1" in table
-    assert "no-repack" not in table
+    assert "not repacked" not in table
 
 
 def test_table_says_when_weights_are_not_repacked_and_no_gpu(rows):
@@ -157,7 +157,7 @@ def test_table_says_when_weights_are_not_repacked_and_no_gpu(rows):
     ours_only = {k: v for k, v in rows.items() if v["kind"] == "ours"}
     table = format_table(canned_result(ours_only, weight_repacking=False, offload=offload))
     assert "GPU offload: target 0/19 layers (this llama.cpp build has no GPU support)" in table
-    assert "--no-repack" in table
+    assert "edge-tree's weights not repacked" in table and "tools ran at their defaults" in table
     assert "vs llama" not in table
 
 

@@ -96,7 +96,7 @@ def run_bench(target: str | None = None, draft: str | None = None,
     try:
         tools = bin_dir and ToolSettings(
             bin_dir, engine.target_path, engine.draft_path, max_tokens, load.threads, load.ctx_size,
-            load.n_gpu_layers, load.draft_n_gpu_layers, llama.USE_EXTRA_BUFFER_TYPES, tool_timeout,
+            load.n_gpu_layers, load.draft_n_gpu_layers, tool_timeout,
             rpc=load.rpc)
         _warm_up(engine, rows, log)
         runs = _run_all(engine, tools, [r for r in rows if r not in tools_after], prompt_list, log)
@@ -203,7 +203,7 @@ def _config(engine: Engine, load: LoadOptions, specs: list[ModeSpec], prompts: l
         "n_gpu_layers": load.n_gpu_layers, "draft_n_gpu_layers": load.draft_n_gpu_layers,
         "offload": {k: state[k] for k in OFFLOAD_KEYS if k in state},
         "draft_vocab": state.get("draft_vocab"),
-        # False on AMX CPUs: llama.cpp's extra buffer types off, and --no-repack for its tools
+        # edge-tree's: False on AMX CPUs (llamacpp/llama.py); llama.cpp's tools at their defaults
         "weight_repacking": llama.USE_EXTRA_BUFFER_TYPES,
         "llama_cpp_dir": str(tools.bin_dir) if tools else None,
         "order": "every prompt runs every row in turn; the order rotates by one per prompt"

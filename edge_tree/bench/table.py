@@ -74,8 +74,8 @@ def _notes(cfg: dict, rows: list[dict], has_llama: bool) -> list[str]:
         notes.append("  vs llama = speed / llama-completion's; 'same as ar ... text': generated "
                      "text agrees with our ar (either may run longer)")
     if cfg.get("weight_repacking") is False:
-        notes.append("  weights not repacked: llama.cpp's extra buffer types are off on this AMX CPU "
-                     "(llama.cpp's tools get --no-repack)")
+        notes.append("  edge-tree's weights not repacked: llama.cpp's extra buffer types are off in our "
+                     "engine on this AMX CPU; llama.cpp's tools ran at their defaults")
     for r in rows:
         if r.get("stopped_early"):
             notes.append(f"  {r['name']}: {r['stopped_early']}/{r['runs']} runs ended (end of text) "

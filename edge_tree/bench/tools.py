@@ -5,9 +5,10 @@ after the first, which comes out of the prompt pass), llama-speculative's ``deco
 X seconds`` line (after its prompt pass).
 
 The tools get the same settings as our engine: threads, context, GPU layers (passed always: their
-default is to offload what fits) and the weight layout. Where edge-tree loads models without
-llama.cpp's extra buffer types (CPUs with AMX, see llamacpp/llama.py), the tools get
-``--no-repack``, which turns off the same thing in them.
+default is to offload what fits). The weight layout is each side's default: llama.cpp repacks
+weights where the CPU has a layout for it, as a user's run does, even where edge-tree loads models
+without llama.cpp's extra buffer types (CPUs with AMX, see llamacpp/llama.py): the peer is never
+slowed down to match us, and the bench's table says what each side used.
 """
 
 from __future__ import annotations
@@ -116,14 +117,13 @@ class ToolSettings:
     ctx_size: int
     n_gpu_layers: int = 0
     draft_n_gpu_layers: int = 0
-    repack: bool = True  # False: --no-repack (llama.cpp's extra buffer types off, as in our engine)
     timeout: float = 600.0
     rpc: str | None = None  # the target's RPC hosts; the draft goes there only with -ngld
 
     def shared_args(self) -> list[str]:
         return ["-t", str(self.threads), "-tb", str(self.threads), "-c", str(self.ctx_size),
                 "-ngl", gpu_layers_arg(self.n_gpu_layers), "--temp", "0", "-s", "0", "--ignore-eos",
-                *(() if self.repack else ("--no-repack",)), *(("--rpc", self.rpc) if self.rpc else ())]
+                *(("--rpc", self.rpc) if self.rpc else ())]
 
 
 def gpu_layers_arg(n: int) -> str:
