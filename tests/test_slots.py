@@ -304,8 +304,11 @@ def test_each_plan_knows_what_the_draft_has_yet_to_read_and_the_tokens_left(alon
     prompt; every plan knows the tokens the run may still make (Backlog.left)."""
     def spy(policy, seen):
         plan = policy.plan
-        monkeypatch.setattr(policy, "plan", lambda mode, caps, beside, backlog: (seen.append(backlog),
-                                                                                   plan(mode, caps, beside, backlog))[1])
+
+        def planning(mode, caps, beside, backlog):
+            seen.append(backlog)
+            return plan(mode, caps, beside, backlog)
+        monkeypatch.setattr(policy, "plan", planning)
 
     beside: dict[int, list] = {}
     for lane, policy in enumerate(lane.policy for lane in slots.lanes):

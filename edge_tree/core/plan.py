@@ -78,6 +78,9 @@ class Beside:
 
 
 ALONE = Beside()
+# what a plain round brings: its token, its root in the pass (also a run that reads its prompt:
+# the policy plans beside it as beside a plain run)
+PLAIN_SHARE = Beside(1.0, 0.0, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -92,9 +95,6 @@ class Backlog:
 
 
 NO_BACKLOG = Backlog()
-# what a plain round brings: its token, its root in the pass (also a run that reads its prompt:
-# the policy plans beside it as beside a plain run)
-PLAIN_SHARE = Beside(1.0, 0.0, 1, 1)
 
 
 PLAIN = TreeShape(max_depth=0, max_nodes_per_level=0, max_total_nodes=0, branch=0, expand=0,
