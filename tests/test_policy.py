@@ -214,8 +214,7 @@ def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():
     for _ in range(2 * AdaptivePolicy.EXPLORE_EVERY):
         plan = policy.plan("tree", Caps())
         plans.append(plan)
-        policy.observe(RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), plan, (),
-                                    0.0, 0.0012, 0.0017, (0.0012, 0.0)))
+        policy.observe(plain_round(cost, host_s=0.0005))
     tried = sum(p.use_model for p in plans)
     assert 1 <= tried <= 3 and not plans[-1].use_model
 
@@ -249,8 +248,7 @@ def test_a_try_of_the_draft_waits_longer_while_its_backlog_takes_longer_to_read(
         for _ in range(16 * AdaptivePolicy.EXPLORE_EVERY):
             plan = policy.plan("tree", Caps(), backlog=Backlog(unread, 10_000))
             tried += plan.use_model
-            policy.observe(RoundOutcome(TokenTree(0, 1), Verdict([], 2, np.full(1, np.nan)), plan, (),
-                                        0.0, 0.0012, 0.0017, (0.0012, 0.0)))
+            policy.observe(plain_round(cost, host_s=0.0005))
         return tried
 
     assert tries(0) >= 12 and 2 <= tries(backlog) <= tries(0) / 3
