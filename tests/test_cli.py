@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from importlib.metadata import version
 
@@ -90,6 +91,19 @@ def test_stats_prints_a_summary_on_stderr(tiny_target, tiny_draft_same, tmp_path
     stats = json.loads(out.read_text())
     assert "mode chain" in r.stderr and "acceptance by depth" in r.stderr
     assert f"drafted {stats['drafted']}, accepted {stats['accepted']}" in r.stderr
+
+
+def test_stats_of_a_drafted_round_whose_first_token_ends_the_text(tiny_target, tiny_draft_same, monkeypatch):
+    """The first round drafted, and the target's first token is the end of text: no tokens, so no
+    passes per token; the summary says the rest (it raised a TypeError on SmolLM2 before)."""
+    from edge_tree.llamacpp import llama
+
+    monkeypatch.setattr(llama.Model, "is_eog", lambda self, token: True)
+    r = invoke("generate", "-m", str(tiny_target), "-md", str(tiny_draft_same), "--mode", "chain",
+               "-n", "8", "-t", THREADS, "--stats", "hello world")
+    assert r.exit_code == 0, r.stderr
+    assert "0 tokens in" in r.stderr and "stop: eos" in r.stderr
+    assert re.search(r"1 rounds, 1 target passes; drafted [1-9]", r.stderr), r.stderr
 
 
 def test_trace_dir_pictures_report_show_tree_and_render(tiny_target, tiny_draft_other, tmp_path):

@@ -95,8 +95,10 @@ def format_stats(stats: dict) -> str:
              f"stop: {stats['stop_reason']})"]
     if stats["drafted"]:
         by_depth = " ".join(f"{x:.2f}" for x in stats["acceptance_by_depth"])
-        lines.append(f"{stats['rounds']} rounds, {stats['target_passes']} target passes "
-                     f"({stats['target_passes_per_token']:.3f} per token); drafted {stats['drafted']}, "
+        per_token = stats["target_passes_per_token"]  # None: no token came (the end of text at once)
+        lines.append(f"{stats['rounds']} rounds, {stats['target_passes']} target passes"
+                     + (f" ({per_token:.3f} per token)" if per_token is not None else "")
+                     + f"; drafted {stats['drafted']}, "
                      f"accepted {stats['accepted']} ({stats['acceptance_rate']:.1%}), "
                      f"{stats['mean_accepted_per_pass']:.2f} accepted per pass")
         lines.append(f"acceptance by depth: {by_depth}; time: draft {stats['draft_share']:.0%}, "
