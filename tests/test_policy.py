@@ -14,9 +14,8 @@ from edge_tree.core.plan import Backlog, Beside, RoundOutcome, TreeShape
 from edge_tree.core.tree import TokenTree
 from edge_tree.core.verify import Verdict
 
-# Measured on a 2-core CPU (docs/design.md, "Measured costs"): F32 target verify, Q4_K_M draft, seconds.
-CPU = CostModel({1: .0416, 2: .0516, 4: .0582, 8: .0778, 16: .1036, 64: .293},
-                {1: .0198, 2: .0331, 4: .0432, 8: .0649, 16: .1033}, host_per_node=0.0004)
+from costs import CPU
+
 # A GPU with a big target: one pass costs about the same for 1 or 64 tokens.
 GPU = CostModel({1: .020, 8: .0204, 64: .0225, 256: .030}, {1: .004, 16: .0044, 64: .005})
 # Where the target's token sits in the draft's ranking (docs/design.md, "Measured costs").
@@ -202,6 +201,20 @@ def test_sampling_plans_with_the_calibrated_costs_whatever_greedy_runs_learned()
     assert policy.cost.draft_scale == 1.0 and policy.plan("tree", Caps()).use_model
     policy.reset()
     assert policy.cost.draft_scale > 4 and not policy.plan("tree", Caps()).use_model
+
+
+def test_a_sampled_plan_is_the_one_it_would_make_alone():
+    """A sampled generation's tree decides which random draws it makes: its plan cannot follow
+    the others in its round, nor what the draft holds (its text follows from its seed alone);
+    a greedy one plans for the whole round."""
+    fifteen_plain = Beside(tokens=15.0, nodes=15, runs=15)
+    backlog = Backlog(unread=2000, left=4)
+    policy = AdaptivePolicy(replace(CPU))
+    policy.reset(learn_costs=False)
+    alone = policy.plan("tree", Caps())
+    assert alone.use_model and policy.plan("tree", Caps(), fifteen_plain, backlog) == alone
+    policy.reset()
+    assert not policy.plan("tree", Caps(), fifteen_plain).use_model
 
 
 def test_plain_decoding_that_wins_narrowly_still_tries_the_draft_now_and_then():

@@ -4,13 +4,17 @@ mid-run; the prompt cache, which prefills only what the last generation on a lan
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edge_tree import Engine
+from edge_tree.core.policy import AdaptivePolicy, Taught
 from edge_tree.core.plan import PLAIN_SHARE
 from edge_tree.core.slots import Slots
 from edge_tree.core.tree import common_prefix
 
+from costs import CPU
 from neartie import PROMPTS, assert_same_or_near_tie
 from slotload import run_all
 
@@ -92,6 +96,40 @@ def test_a_seeded_sampled_request_is_the_same_beside_others(slots):
                                           for k in range(2, 6)}
     beside = run_all(slots, crowd)[0]
     assert beside.text == lone.text and beside.tokens == lone.tokens
+
+
+def test_a_seeded_sampled_request_plans_as_if_alone(tiny_target, tiny_draft_same):
+    """The adaptive policy sizes a greedy run's tree by what the others bring to the round (here
+    costs of a 2-core CPU, where a pass of many tokens costs several passes of one); a sampled
+    run's tree decides which random draws it makes, so it plans as if alone and its text follows
+    from its seed, whatever runs beside it."""
+    sampled = {"max_tokens": MAX_TOKENS, "temperature": 1.0, "seed": 99}
+    crowd = {k: (PROMPTS[k], {"max_tokens": MAX_TOKENS}) for k in range(2, 6)}
+    with Engine(str(tiny_target), str(tiny_draft_same), threads=1, ctx_size=512 * 6, lanes=6) as engine:
+        taught = Taught(replace(CPU))
+        for lane in engine.models.lanes:
+            lane.policy = AdaptivePolicy(replace(CPU), taught)
+        plans = _plans_of_sampled_runs(engine)
+        slots = Slots(engine)
+        lone = run_all(slots, {0: (PROMPTS[1], sampled)})[0]
+        alone_plans, plans[:] = list(plans), []
+        beside = run_all(slots, {0: (PROMPTS[1], sampled)} | crowd)[0]
+        slots.close()
+    assert any(plan.use_model for plan in alone_plans) and plans == alone_plans
+    assert beside.tokens == lone.tokens
+
+
+def _plans_of_sampled_runs(engine) -> list:
+    """Every plan the lanes' policies make for a sampled run (one that does not learn costs)."""
+    plans = []
+    for policy in (lane.policy for lane in engine.models.lanes):
+        def planning(mode, caps, beside, backlog, policy=policy, plan=policy.plan):
+            shape = plan(mode, caps, beside, backlog)
+            if not policy.learn_costs:
+                plans.append(shape)
+            return shape
+        policy.plan = planning
+    return plans
 
 
 def test_a_failing_request_leaves_the_others_running(alone, slots, monkeypatch):

@@ -371,7 +371,7 @@ class AdaptivePolicy:
         on from what earlier ones learned about the draft and the machine. learn_costs=False is
         for a generation whose text must depend on its seed alone (sampling: the tree's shape
         decides which random draws are made): it starts from the prior acceptance and plans with
-        the costs as calibrated, unchanged by its rounds."""
+        the costs as calibrated, unchanged by its rounds, as if alone (plan())."""
         if not (learn_costs and self.learn_costs):
             # by caps and the other generations in the round. A greedy generation goes on with
             # the plans of the greedy one before (a search costs a millisecond, and five in a
@@ -403,6 +403,8 @@ class AdaptivePolicy:
         fixed = fixed_plan(mode, caps)
         if fixed:
             return fixed
+        if not self.learn_costs:  # sampled: its plans follow from its seed alone, not from the
+            beside, backlog = ALONE, NO_BACKLOG  # round's other generations or what the draft kept
         # learn fast while statistics are thin: replan after rounds 1, 2, 4 and 8, then every 8,
         # and when generations join or leave the shared round
         key = (caps, beside.runs)
@@ -411,8 +413,6 @@ class AdaptivePolicy:
         if last is None or self._rounds >= last + due:
             self._plans[key] = self._plan(caps, beside.rounded())
         planned = self._plans[key]
-        if not self.learn_costs:  # sampled: its plans follow from its seed alone, not from what
-            backlog = NO_BACKLOG  # the draft kept of whatever ran on its lane before
         reading_s = self.cost.read_s(backlog.unread)
         # a try stalls the whole shared round: one in EXPLORE_EVERY target passes, whichever
         # slot's (what it learns about the draft serves every slot)
