@@ -231,7 +231,8 @@ def _date(stamp: float | None) -> str:
 @click.option("-t", "--threads", type=int, default=0, help="Threads for quantizing (0: all).")
 def models_make_draft(target, quant, out, threads):
     """Requantize TARGET into a cheap draft (llama_model_quantize)."""
-    from .llamacpp.llama import FTYPES, quantize
+    from .llamacpp.facts import FTYPES
+    from .llamacpp.llama import quantize
     from .llamacpp.modelfile import check_gguf
 
     with user_errors():

@@ -161,6 +161,14 @@ def test_table_says_when_weights_are_not_repacked_and_no_gpu(rows):
     assert "vs llama" not in table
 
 
+def test_table_says_what_our_drafts_cache_holds_beside_llama_cpps_rows(rows):
+    assert "draft cache" not in format_table(canned_result(rows, draft_kv_types=["f16", "f16"]))
+    table = format_table(canned_result(rows, draft_kv_types=["q8_0", "q8_0"]))
+    assert "edge-tree's draft cache: K q8_0, V q8_0" in table and "at their default, f16" in table
+    ours_only = {k: v for k, v in rows.items() if v["kind"] == "ours"}
+    assert "draft cache" not in format_table(canned_result(ours_only, draft_kv_types=["q8_0", "q8_0"]))
+
+
 # -- pairs --------------------------------------------------------------------------------------------
 
 @pytest.fixture

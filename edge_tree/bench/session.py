@@ -202,7 +202,7 @@ def _config(engine: Engine, load: LoadOptions, specs: list[ModeSpec], prompts: l
         "ctx_size": load.ctx_size, "n_prompts": len(prompts), "temperature": 0.0,
         "n_gpu_layers": load.n_gpu_layers, "draft_n_gpu_layers": load.draft_n_gpu_layers,
         "offload": {k: state[k] for k in OFFLOAD_KEYS if k in state},
-        "draft_vocab": state.get("draft_vocab"),
+        "draft_vocab": state.get("draft_vocab"), "draft_kv_types": state.get("draft_kv_types"),
         # edge-tree's: False on AMX CPUs (llamacpp/llama.py); llama.cpp's tools at their defaults
         "weight_repacking": llama.USE_EXTRA_BUFFER_TYPES,
         "llama_cpp_dir": str(tools.bin_dir) if tools else None,

@@ -76,6 +76,10 @@ def _notes(cfg: dict, rows: list[dict], has_llama: bool) -> list[str]:
     if cfg.get("weight_repacking") is False:
         notes.append("  edge-tree's weights not repacked: llama.cpp's extra buffer types are off in our "
                      "engine on this AMX CPU; llama.cpp's tools ran at their defaults")
+    kv = cfg.get("draft_kv_types")
+    if has_llama and kv and kv != ["f16", "f16"]:
+        notes.append(f"  edge-tree's draft cache: K {kv[0]}, V {kv[1]} (the draft's, which never changes "
+                     "the text); llama.cpp's tools at their default, f16")
     for r in rows:
         if r.get("stopped_early"):
             notes.append(f"  {r['name']}: {r['stopped_early']}/{r['runs']} runs ended (end of text) "

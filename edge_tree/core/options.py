@@ -22,6 +22,8 @@ DRAFT_MODES = ("chain", "tree")  # the modes that call a draft model
 POLICIES = ("adaptive", "fixed")
 DRAFT_CHILDREN = ("sampled", "topk")
 CONTEXT_FULL = ("error", "stop")
+# the draft's KV cache types: llama.cpp's (llamacpp/llama.py, KV_TYPES), or auto
+DRAFT_CACHE_TYPES = ("auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 # every leaf of a tree is a llama.cpp sequence: LLAMA_MAX_SEQ (256) less the committed one
 MAX_TREE_NODES = 255
 
@@ -231,6 +233,15 @@ class LoadOptions(_Checked):
     draft_vocab: str = _option("auto", "--draft-vocab", kind=str, check=_draft_vocab, help=(
         "Tokens the draft may propose: auto (a reduced copy where it measures faster), full, or a "
         "number N. A reduced draft is derived once into the cache; the output does not change."))
+    cache_type_k_draft: str = _option("auto", "-ctkd", "--cache-type-k-draft", kind=str,
+                                      check=one_of(*DRAFT_CACHE_TYPES), help=(
+        "The draft's KV cache type for K (llama-server's option): auto is q8_0 where the draft "
+        "runs on this CPU, f16 where its layers are offloaded. The draft's cache changes what it "
+        "proposes, never the text."))
+    cache_type_v_draft: str = _option("auto", "-ctvd", "--cache-type-v-draft", kind=str,
+                                      check=one_of(*DRAFT_CACHE_TYPES), help=(
+        "The draft's KV cache type for V, as --cache-type-k-draft (a quantized V needs flash "
+        "attention, which llama.cpp turns on where the backend has it)."))
     verbose: bool = _option(False, "--verbose", kind=bool, help="Show llama.cpp's own logs.")
 
     def __post_init__(self):

@@ -1,5 +1,6 @@
 """What llama.py learns outside llama.cpp's C API, in plain Python: why a load failed (from
-llama.cpp's log lines), whether the CPU has AMX, whether the library ships a CUDA backend."""
+llama.cpp's log lines), whether the CPU has AMX, whether the library ships a CUDA backend, the
+threads a context runs with, and llama.h's numbers for file and KV cache types."""
 
 from __future__ import annotations
 
@@ -37,3 +38,24 @@ def cpu_has_amx() -> bool:
 def is_cuda_build(lib_dir: str | os.PathLike) -> bool:
     """Whether the llama.cpp library in lib_dir ships a CUDA backend beside it."""
     return any(Path(lib_dir).glob("libggml-cuda.*"))
+
+
+def threads_for(threads: int | None) -> int:
+    """The threads a context runs with when asked for `threads` (None: every core)."""
+    return threads or max(1, os.cpu_count() or 1)
+
+
+# llama_ftype values for the quantization types edge-tree offers (llama.h, enum llama_ftype).
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+          "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+
+# KV cache types as llama.cpp's tools name them (--cache-type-k / -v): their ggml type ids, and
+# the values in one block of the quantized ones (a head's row must hold whole blocks)
+KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6,
+            "q5_1": 7}
+KV_BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "iq4_nl": 32, "q5_0": 32, "q5_1": 32}
+
+
+def kv_type_fits(name: str, head_widths: tuple[int, ...]) -> bool:
+    """Whether llama.cpp can hold a KV cache of heads this wide in that type (whole blocks a head)."""
+    return all(width % KV_BLOCK.get(name, 1) == 0 for width in head_widths)

@@ -20,7 +20,7 @@ import llama_cpp as C
 
 from ..errors import EdgeTreeError
 from . import NUMPY_CAME_FIRST, logs, rpc
-from .facts import cpu_has_amx, is_cuda_build, load_failure, why
+from .facts import FTYPES, KV_TYPES, cpu_has_amx, is_cuda_build, load_failure, threads_for, why
 from .logs import captured_log
 from .outputs import OutputRows
 
@@ -213,6 +213,13 @@ class Model(_Closes):
         source = C.llama_model_chat_template(self._ptr, None)
         return source.decode("utf-8", "replace") if source else None
 
+    @property
+    def head_widths(self) -> tuple[int, int]:
+        """One attention head's K and V widths (GGUF key_length, value_length; else n_embd / n_head)."""
+        arch = self.meta("general.architecture")
+        per_head = self.n_embd // max(1, int(C.llama_model_n_head(self._ptr)))
+        return tuple(int(self.meta(f"{arch}.attention.{part}_length") or per_head) for part in ("key", "value"))
+
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
@@ -316,21 +323,17 @@ _hidden_at = _bind("llama_get_embeddings_ith", _ptr, _ptr, ctypes.c_int32)
 _all_logits, _all_hidden = _bind("llama_get_logits", _ptr, _ptr), _bind("llama_get_embeddings", _ptr, _ptr)
 
 
-def threads_for(threads: int | None) -> int:
-    """The threads a context runs with when asked for `threads` (None: every core)."""
-    return threads or max(1, os.cpu_count() or 1)
-
-
 class Context(_Closes):
     """A llama_context with a unified KV cache shared by up to n_seq_max sequences (tree branches).
 
     embed: for a model whose vocabulary is a subset of the token ids it is fed (a reduced-vocab
     draft), maps token ids to input embedding rows; the context then decodes embeddings.
+    kv_types: the KV cache's (K, V) types, by KV_TYPES' names (default: llama.cpp's, f16).
     """
 
     def __init__(self, model: Model, n_ctx: int, n_seq_max: int = 1, n_batch: int = 512,
                  threads: int | None = None, embed: Callable[[np.ndarray], np.ndarray] | None = None,
-                 n_outputs: int | None = None):
+                 n_outputs: int | None = None, kv_types: tuple[str, str] | None = None):
         threads = threads_for(threads)
         # llama.cpp caps a batch at the context and asserts (aborts) unless it can hold one output
         # per sequence: keep n_seq_max <= n_outputs <= n_batch <= n_ctx.
@@ -351,6 +354,8 @@ class Context(_Closes):
         # Sliding-window models (Gemma 3) cannot drop a partial sequence from a windowed cache.
         params.swa_full = True
         params.no_perf = True
+        if kv_types:  # a quantized V needs flash attention, which "auto" turns on where it can
+            params.type_k, params.type_v = (KV_TYPES[name] for name in kv_types)
         with captured_log() as log:
             self._ptr = C.llama_init_from_model(model._ptr, params)
         if not self._ptr:
@@ -482,11 +487,6 @@ class Context(_Closes):
 def _bytes(array: np.ndarray):
     """A contiguous uint8 array as the uint8_t* llama.cpp's state calls take."""
     return array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-
-
-# llama_ftype values for the quantization types edge-tree offers (llama.h, enum llama_ftype).
-FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-          "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
 
 def quantize(src: str | os.PathLike, dst: str | os.PathLike, quant: str, threads: int = 0) -> None:
