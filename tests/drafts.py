@@ -15,9 +15,8 @@ from neartie import PROMPTS, assert_same_or_near_tie
 K = 96  # of the tiny models' 512 tokens
 
 
-def full_logits(path, tokens: list[int], kv_types: tuple[str, str] | None = None) -> np.ndarray:
-    """A model's logits after `tokens`, in a fresh context whose KV cache has these types."""
-    with llama.Model(path) as model, llama.Context(model, 64, threads=1, kv_types=kv_types) as ctx, \
+def full_logits(path, tokens: list[int]) -> np.ndarray:
+    with llama.Model(path) as model, llama.Context(model, 64, threads=1) as ctx, \
             llama.Batch(64, 1) as batch:
         return ctx.logits(ctx.feed(batch, tokens, 0)).copy()
 

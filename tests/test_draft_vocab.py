@@ -190,9 +190,7 @@ def test_the_demo_draft_is_reduced_and_exact_on_its_tokens(demo_engine, demo_pai
     tokens = demo_engine.target_model.tokenize("The lighthouse keeper in Zürich wrote 中文 🙂 quickly")
     assert any(t not in set(reduced.ids.tolist()) for t in tokens)
     got = reduced_logits(demo_engine, tokens)
-    # the full draft with the cache the engine's draft has (q8_0 on a CPU: its logits move by
-    # some tenths from an f16 cache's)
-    expected = full_logits(demo_pair.draft, tokens, demo_engine.models.draft_kv_types)[reduced.ids]
+    expected = full_logits(demo_pair.draft, tokens)[reduced.ids]
     np.testing.assert_allclose(got, expected, atol=1e-2 * np.abs(expected).max())
     assert np.argmax(got) == np.argmax(expected)
 

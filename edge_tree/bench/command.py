@@ -18,7 +18,7 @@ from .table import format_table
 
 # what to load: the same options, checks and messages as `edge-tree generate`
 LOAD_FIELDS = ("target", "draft", "threads", "ctx_size", "draft_vocab", "n_gpu_layers",
-               "draft_n_gpu_layers", "rpc", "rpc_draft")
+               "draft_n_gpu_layers", "rpc", "rpc_draft", "cache_type_k_draft", "cache_type_v_draft")
 
 BENCH_EXAMPLES = """
 \b

@@ -14,7 +14,7 @@ from typing import Callable
 from ..files import cache_dir
 from ..llamacpp import draft_vocab as draft_vocabs
 from ..llamacpp import llama
-from ..llamacpp.facts import kv_type_fits, threads_for
+from ..llamacpp.facts import threads_for
 from ..llamacpp.share import Share
 from ..llamacpp.demo import ensure_demo
 from ..llamacpp.logs import LogView
@@ -45,18 +45,6 @@ def sequences_for(model: llama.Model, lanes: int = 1) -> int:
     most = llama.max_parallel_sequences()
     wanted = most if model.offloaded_layers else min(CPU_SEQUENCES, most)
     return min(max(wanted, LANE_SEQUENCES * lanes), most)
-
-
-def draft_kv_types(options: LoadOptions, draft: llama.Model) -> tuple[str, str]:
-    """The draft's KV cache types (K, V). auto: q8_0 where the draft runs on the CPU, half the
-    memory of f16 (a slot's cache costs what the target's does) with the draft as often right
-    (docs/benchmarks.md); f16 where its layers are offloaded, whose backend may lack the flash
-    attention a quantized V needs, or where its heads do not hold whole q8_0 blocks. The draft
-    only proposes: the text is the target's either way."""
-    on_cpu = not draft.offloaded_layers and kv_type_fits("q8_0", draft.head_widths)
-    auto = "q8_0" if on_cpu else "f16"
-    return tuple(auto if chosen == "auto" else chosen
-                 for chosen in (options.cache_type_k_draft, options.cache_type_v_draft))
 
 
 class LoadedModels:
@@ -101,7 +89,7 @@ class LoadedModels:
         self.draft_ctx = None
         reduced = self.reduced
         if self.draft_model:
-            self.draft_kv_types = draft_kv_types(options, self.draft_model)
+            self.draft_kv_types = (options.cache_type_k_draft, options.cache_type_v_draft)
             self.draft_ctx = self._keep(llama.Context(self.draft_model, n_ctx, n_seq, threads=threads,
                                                       embed=reduced and reduced.embed,
                                                       kv_types=self.draft_kv_types))

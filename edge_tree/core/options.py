@@ -22,8 +22,8 @@ DRAFT_MODES = ("chain", "tree")  # the modes that call a draft model
 POLICIES = ("adaptive", "fixed")
 DRAFT_CHILDREN = ("sampled", "topk")
 CONTEXT_FULL = ("error", "stop")
-# the draft's KV cache types: llama.cpp's (llamacpp/llama.py, KV_TYPES), or auto
-DRAFT_CACHE_TYPES = ("auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# the draft's KV cache types, as llama.cpp's tools name them (llamacpp/facts.py, KV_TYPES)
+DRAFT_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 # every leaf of a tree is a llama.cpp sequence: LLAMA_MAX_SEQ (256) less the committed one
 MAX_TREE_NODES = 255
 
@@ -233,12 +233,11 @@ class LoadOptions(_Checked):
     draft_vocab: str = _option("auto", "--draft-vocab", kind=str, check=_draft_vocab, help=(
         "Tokens the draft may propose: auto (a reduced copy where it measures faster), full, or a "
         "number N. A reduced draft is derived once into the cache; the output does not change."))
-    cache_type_k_draft: str = _option("auto", "-ctkd", "--cache-type-k-draft", kind=str,
+    cache_type_k_draft: str = _option("f16", "-ctkd", "--cache-type-k-draft", kind=str,
                                       check=one_of(*DRAFT_CACHE_TYPES), help=(
-        "The draft's KV cache type for K (llama-server's option): auto is q8_0 where the draft "
-        "runs on this CPU, f16 where its layers are offloaded. The draft's cache changes what it "
-        "proposes, never the text."))
-    cache_type_v_draft: str = _option("auto", "-ctvd", "--cache-type-v-draft", kind=str,
+        "The draft's KV cache type for K, as in llama-server. The text is the target's whatever the "
+        "draft holds; a quantized cache saves memory and may cost acceptance (docs/benchmarks.md)."))
+    cache_type_v_draft: str = _option("f16", "-ctvd", "--cache-type-v-draft", kind=str,
                                       check=one_of(*DRAFT_CACHE_TYPES), help=(
         "The draft's KV cache type for V, as --cache-type-k-draft (a quantized V needs flash "
         "attention, which llama.cpp turns on where the backend has it)."))

@@ -49,13 +49,6 @@ def threads_for(threads: int | None) -> int:
 FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
           "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 
-# KV cache types as llama.cpp's tools name them (--cache-type-k / -v): their ggml type ids, and
-# the values in one block of the quantized ones (a head's row must hold whole blocks)
+# KV cache types as llama.cpp's tools name them (--cache-type-k / -v), and their ggml type ids
 KV_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6,
             "q5_1": 7}
-KV_BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "iq4_nl": 32, "q5_0": 32, "q5_1": 32}
-
-
-def kv_type_fits(name: str, head_widths: tuple[int, ...]) -> bool:
-    """Whether llama.cpp can hold a KV cache of heads this wide in that type (whole blocks a head)."""
-    return all(width % KV_BLOCK.get(name, 1) == 0 for width in head_widths)

@@ -213,13 +213,6 @@ class Model(_Closes):
         source = C.llama_model_chat_template(self._ptr, None)
         return source.decode("utf-8", "replace") if source else None
 
-    @property
-    def head_widths(self) -> tuple[int, int]:
-        """One attention head's K and V widths (GGUF key_length, value_length; else n_embd / n_head)."""
-        arch = self.meta("general.architecture")
-        per_head = self.n_embd // max(1, int(C.llama_model_n_head(self._ptr)))
-        return tuple(int(self.meta(f"{arch}.attention.{part}_length") or per_head) for part in ("key", "value"))
-
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(512)
         n = C.llama_model_meta_val_str(self._ptr, key.encode(), buf, len(buf))
